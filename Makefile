@@ -1,0 +1,50 @@
+# Every target creates and uses .venv itself; the stamp makes a second run skip the install.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.xfer-installed
+
+# `make export` knobs (README: "Export a model version").
+DATA ?= demo-data/digits
+BACKBONE ?= mobilenet_v2
+WEIGHTS ?= imagenet
+EPOCHS ?= 20
+IMAGE_SIZE ?=
+MODEL_NAME ?= classifier
+MODEL_BASE_PATH ?= models/$(MODEL_NAME)
+EXPORT_ARGS ?=
+
+# `make demo` output directory.
+OUT ?= out/demo
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv test lint pytest demo export predict clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint pytest
+
+export: $(STAMP)
+	$(BIN)/xfer-export --data $(DATA) --backbone $(BACKBONE) --weights $(WEIGHTS) \
+		--epochs $(EPOCHS) --model-name $(MODEL_NAME) --model-base-path $(MODEL_BASE_PATH) \
+		$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(EXPORT_ARGS)
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(OUT)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Apache Beam pipelines: bottlenecks into TFRecords, batch inference (see issue 4)."""

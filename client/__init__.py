@@ -1,0 +1,1 @@
+"""Batch scoring over gRPC against TensorFlow Serving (see issue 6)."""

@@ -1,0 +1,1 @@
+"""The model: backbone registry, preprocessing contract, head training, SavedModel publishing."""

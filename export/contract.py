@@ -1,0 +1,35 @@
+"""Names of the exported model's interface (DESIGN.md, "Exported model"): defined once, here.
+
+Importing this module is cheap (no TensorFlow), so the gate, the server and scripts can share it.
+"""
+
+INPUT_KEY = "image_bytes"
+CLASSIFY_INPUT_KEY = "inputs"
+ENCODED_FEATURE = "image/encoded"
+SERVING_DEFAULT = "serving_default"
+CLASSIFICATION = "classification"
+EMBEDDING = "embedding"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+SERVE_TAG = "serve"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MODEL_CARD_FILE = "model_card.json"
+LABELS_FILE = "labels.txt"
+
+# signature -> output name -> (dtype name, rank-2 width: "classes" | "k" | "features")
+OUTPUTS = {
+    SERVING_DEFAULT: {
+        "scores": ("float32", "classes"),
+        "classes": ("int32", "k"),
+        "labels": ("string", "k"),
+        "top_scores": ("float32", "k"),
+    },
+    CLASSIFICATION: {"classes": ("string", "classes"), "scores": ("float32", "classes")},
+    EMBEDDING: {"features": ("float32", "features")},
+}
+METHODS = {
+    SERVING_DEFAULT: PREDICT_METHOD,
+    CLASSIFICATION: CLASSIFY_METHOD,
+    EMBEDDING: PREDICT_METHOD,
+}
+INPUTS = {SERVING_DEFAULT: INPUT_KEY, CLASSIFICATION: CLASSIFY_INPUT_KEY, EMBEDDING: INPUT_KEY}

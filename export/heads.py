@@ -1,0 +1,60 @@
+"""Classifier heads trained on frozen backbone features."""
+
+from __future__ import annotations
+
+import keras
+
+HEADS = ("softmax", "mlp")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+def build_head(
+    feature_dim: int,
+    num_classes: int,
+    kind: str = "softmax",
+    *,
+    hidden_units: int = 256,
+    dropout: float = 0.2,
+    feature_mean=None,
+    feature_variance=None,
+) -> keras.Model:
+    """`softmax`: the Inception retraining tutorial's single layer.
+
+    `mlp`: the ResNet50 tutorial's Dropout -> GlobalAveragePooling -> Dense(relu) -> BatchNorm ->
+    softmax; the pooling already happened in the feature extractor (so that features can be
+    cached as vectors), the rest is here.
+
+    Both start by standardising features with the training set's mean and variance, so one
+    learning rate suits backbones whose features differ in scale by orders of magnitude.
+    """
+    if kind not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}; received {kind!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1); received {dropout}")
+    inputs = keras.Input((feature_dim,), name="features")
+    x = inputs
+    if feature_mean is not None:
+        x = keras.layers.Normalization(
+            mean=feature_mean, variance=feature_variance, name="standardize"
+        )(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x) if dropout else x
+    if kind == "mlp":
+        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+        x = keras.layers.BatchNormalization(name="hidden_bn")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="scores")(x)
+    return keras.Model(inputs, outputs, name=f"{kind}_head")
+
+
+def build_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received {name!r}")
+
+
+def build_classifier(extractor: keras.Model, head: keras.Model) -> keras.Model:
+    """Normalised images -> class scores: the model that gets exported."""
+    return keras.Model(extractor.input, head(extractor.output), name="classifier")

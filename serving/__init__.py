@@ -1,0 +1,1 @@
+"""The local TF-Serving-compatible model server and deployment files (see issue 5)."""

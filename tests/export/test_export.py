@@ -1,0 +1,256 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from imagegen import COLOURS, encode, square_image
+
+from export.contract import CLASSIFY_METHOD, PREDICT_METHOD
+from export.exporter import export_model
+from export.gate import GateError, run_gate
+from export.publish import TMP_PREFIX, VersionExistsError, list_versions, publish
+
+
+def jpeg(colour):
+    return encode(square_image(COLOURS[colour], 48, np.random.default_rng(5)), "JPEG")
+
+
+def test_layout_of_a_published_version(exported):
+    path = exported.path
+    assert exported.version == 1 and path.name == "1"
+    for rel in [
+        "saved_model.pb",
+        "variables/variables.index",
+        "assets/labels.txt",
+        "assets.extra/model_card.json",
+        "assets.extra/tf_serving_warmup_requests",
+    ]:
+        assert (path / rel).is_file(), rel
+    assert (path / "assets" / "labels.txt").read_text() == "blue\ngreen\nred\n"
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_model_card_fields(exported):
+    card = json.loads((exported.path / "assets.extra" / "model_card.json").read_text())
+    assert card["version"] == 1 and card["model_name"] == "shapes"
+    assert card["classes"] == ["blue", "green", "red"]
+    assert card["backbone"]["name"] == "tiny" and card["backbone"]["feature_dim"] == 32
+    assert card["preprocessing"]["version"] == "1"
+    assert len(card["data"]["hash"]) == 64
+    assert card["metrics"]["validation"]["accuracy"] >= 0.9
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(card["versions"])
+    assert card["gate"]["max_abs_diff"]["serving_default/scores"] <= 1e-5
+    assert set(card["signatures"]) == {"serving_default", "classification", "embedding"}
+
+
+def test_warmup_file_parses_as_prediction_logs(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = exported.path / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r)
+        for r in tf.compat.v1.io.tf_record_iterator(str(path))
+    ]
+    assert len(logs) == 2
+    request = logs[0].predict_log.request
+    assert request.model_spec.name == "shapes"
+    assert request.model_spec.signature_name == "serving_default"
+    images = tf.make_ndarray(request.inputs["image_bytes"])
+    assert images.shape == (5,) and all(bytes(i)[:2] in (b"\xff\xd8", b"\x89P") for i in images)
+
+
+def test_tf1_style_load_and_every_signature(exported):
+    images = [jpeg("red"), jpeg("green"), jpeg("blue")]
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[images[0]]))
+            }
+        )
+    )
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(exported.path))
+        sigs = meta.signature_def
+        assert sigs["serving_default"].method_name == PREDICT_METHOD
+        assert sigs["classification"].method_name == CLASSIFY_METHOD
+        assert sigs["embedding"].method_name == PREDICT_METHOD
+
+        def run(name, key, feed):
+            sig = sigs[name]
+            return sess.run(
+                {k: v.name for k, v in sig.outputs.items()}, {sig.inputs[key].name: feed}
+            )
+
+        out = run("serving_default", "image_bytes", images)
+        assert out["scores"].shape == (3, 3) and out["scores"].dtype == np.float32
+        np.testing.assert_allclose(out["scores"].sum(axis=1), 1.0, rtol=1e-5)
+        assert out["classes"].shape == (3, 3) and out["classes"].dtype == np.int32
+        assert [row[0].decode() for row in out["labels"]] == ["red", "green", "blue"]
+        np.testing.assert_allclose(out["top_scores"][:, 0], out["scores"].max(axis=1))
+
+        out = run("classification", "inputs", [example.SerializeToString()])
+        assert out["classes"].tolist() == [[b"blue", b"green", b"red"]]
+        assert out["scores"].shape == (1, 3) and out["scores"][0].argmax() == 2
+
+        out = run("embedding", "image_bytes", images)
+        assert out["features"].shape == (3, 32)
+
+
+def test_parity_measured_by_the_gate(exported):
+    diffs = exported.gate.max_abs_diff
+    assert diffs["serving_default/scores"] <= 1e-5
+    assert diffs["classification/scores"] <= 1e-5
+    assert exported.gate.warmup_records == 2
+
+
+def test_second_export_publishes_version_2_and_version_never_overwrites(
+    exported, export_config, trained
+):
+    second = export_model(export_config, result=trained)
+    assert second.version == 2
+    assert list_versions(export_config.base_path) == [1, 2]
+    import dataclasses
+
+    with pytest.raises(VersionExistsError, match="already exists"):
+        export_model(dataclasses.replace(export_config, version=1), result=trained)
+    explicit = export_model(dataclasses.replace(export_config, version=7), result=trained)
+    assert explicit.version == 7
+    card = json.loads((explicit.path / "assets.extra" / "model_card.json").read_text())
+    assert card["version"] == 7
+    assert list_versions(export_config.base_path) == [1, 2, 7]
+
+
+def test_gate_refuses_a_broken_model_and_publishes_nothing(exported, tmp_path):
+    base = tmp_path / "m"
+    images = [jpeg("red")]
+    expected = np.array([[0.0, 0.0, 1.0]], np.float32)
+    features = np.zeros((1, 32), np.float32)
+
+    def copy_then_break(directory, version):
+        import shutil
+
+        shutil.copytree(exported.path, directory, dirs_exist_ok=True)
+        (directory / "variables" / "variables.data-00000-of-00001").write_bytes(b"corrupt")
+
+    def gate(directory):
+        return run_gate(directory, images, expected, features, top_k=5)
+
+    with pytest.raises(GateError, match="TF1-style load"):
+        publish(base, copy_then_break, gate)
+    assert list(base.iterdir()) == []
+
+    def copy_intact(directory, version):
+        import shutil
+
+        shutil.copytree(exported.path, directory, dirs_exist_ok=True)
+
+    # An intact model whose scores differ from what the "in-memory model" said: parity fails.
+    with pytest.raises(GateError, match="parity: serving_default/scores differs"):
+        publish(base, copy_intact, gate)
+    assert list(base.iterdir()) == []
+
+
+def test_min_accuracy_gate_exits_1_and_publishes_nothing(shapes_root, tmp_path, capsys):
+    from conftest import TINY
+
+    from export.export_cli import main
+
+    base = tmp_path / "models" / "m"
+    args = [
+        "--data",
+        str(shapes_root),
+        "--model-base-path",
+        str(base),
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "1e-5",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--backbone",
+        TINY["backbone"],
+        "--weights",
+        TINY["weights"],
+    ]
+    assert main([*args, "--min-accuracy", "0.99"]) == 1
+    assert list_versions(base) == []
+    assert not [p for p in base.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+@pytest.mark.slow
+def test_kill_9_during_export_leaves_no_integer_directory(shapes_root, tmp_path):
+    base = tmp_path / "models" / "m"
+    cmd = [
+        sys.executable,
+        "-m",
+        "export.export_cli",
+        "--data",
+        str(shapes_root),
+        "--backbone",
+        "tiny",
+        "--weights",
+        "none",
+        "--epochs",
+        "3",
+        "--no-progress",
+        "--model-base-path",
+        str(base),
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    deadline = time.time() + 300
+    # Kill it while the candidate is being written (the temporary directory has content).
+    while time.time() < deadline and proc.poll() is None:
+        temporaries = list(base.glob(f"{TMP_PREFIX}*")) if base.exists() else []
+        if temporaries and any(temporaries[0].iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "export finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list_versions(base) == []
+    assert list(base.glob(f"{TMP_PREFIX}*")), "the interrupted candidate should still be hidden"
+    # The next export starts by removing temporaries whose process is gone.
+    from export.publish import remove_stale_temporaries
+
+    assert remove_stale_temporaries(base)
+    assert list(base.iterdir()) == []
+
+
+def test_make_export_variables_reach_the_cli():
+    # `make -n` shows the command `make export` would run, without running it.
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "export",
+            "DATA=imgs",
+            "BACKBONE=mobilenet_v2",
+            "WEIGHTS=none",
+            "EPOCHS=1",
+            "MODEL_NAME=m",
+            "MODEL_BASE_PATH=models/m",
+            "IMAGE_SIZE=96",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        check=True,
+    ).stdout
+    assert (
+        "xfer-export --data imgs --backbone mobilenet_v2 --weights none --epochs 1 "
+        "--model-name m --model-base-path models/m --image-size 96"
+    ) in " ".join(out.replace("\\\n", " ").split())
