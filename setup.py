@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "tensorflow~=2.21.0",
     "keras>=3.10,<4",
     "tensorflow-serving-api~=2.21.0",
-    "apache-beam~=2.77",
+    "apache-beam[tfrecord]~=2.77",
     "grpcio>=1.70,<2",
     "numpy>=1.26,<3",
     "pillow>=11,<13",
@@ -46,6 +46,7 @@ setup(
             "xfer-predict=export.predict:main",
             "xfer-backbones=export.backbones:main",
             "xfer-sample-data=export.sample_data:main",
+            "xfer-bottlenecks=beam_jobs.bottlenecks:main",
         ],
     },
 )

@@ -62,6 +62,43 @@ def assign_split(relative_path: str, config: SplitConfig = SplitConfig()) -> str
     return TRAIN
 
 
+def split_of(
+    relative_path: str,
+    split_dir: str | None,
+    config: SplitConfig = SplitConfig(),
+    has_validation_dir: bool = False,
+) -> str:
+    """The split of a file, given the explicit split folder it sits in (None: no such layout)."""
+    if split_dir is None:
+        return assign_split(relative_path, config)
+    if split_dir == TRAIN and not has_validation_dir:
+        carve = SplitConfig(validation_percent=config.validation_percent, test_percent=0)
+        return assign_split(relative_path, carve)
+    return split_dir
+
+
+def parse_path(path_under_root: str, explicit: bool) -> tuple[str | None, str, str] | None:
+    """(split folder, class, path relative to the class folder) of a file path under the root.
+
+    None for files that are not inside a class folder, or hidden. Used by stages that list files
+    themselves (the Beam job) so that they label and split exactly as `scan` does.
+    """
+    parts = [p for p in path_under_root.replace("\\", "/").split("/") if p]
+    if any(not _visible(p) for p in parts[:-1]) or not parts or parts[-1].startswith("."):
+        return None
+    split_dir = None
+    if explicit:
+        if len(parts) < 3:
+            return None
+        split_dir = next((s for s, names in _EXPLICIT_DIRS.items() if parts[0] in names), None)
+        if split_dir is None:
+            return None
+        parts = parts[1:]
+    if len(parts) < 2:
+        return None
+    return split_dir, parts[0], "/".join(parts[1:])
+
+
 @dataclass(frozen=True)
 class Example:
     path: str  # as given under the root
@@ -152,12 +189,6 @@ def scan(root: str | os.PathLike, split: SplitConfig = SplitConfig()) -> Dataset
             class_dir = split_roots[split_name] / label
             for file in classes[label]:
                 relative = file.relative_to(class_dir).as_posix()
-                if split_name is None:
-                    assigned = assign_split(relative, split)
-                elif split_name == TRAIN and VALIDATION not in split_roots:
-                    carve = SplitConfig(validation_percent=split.validation_percent, test_percent=0)
-                    assigned = assign_split(relative, carve)
-                else:
-                    assigned = split_name
+                assigned = split_of(relative, split_name, split, VALIDATION in split_roots)
                 examples.append(Example(str(file), relative, label, label_ids[label], assigned))
     return Dataset(str(root_path), labels, examples, explicit_splits=explicit is not None)

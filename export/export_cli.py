@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(parser, ExportConfig, required=("data",))
+    add_config_arguments(parser, ExportConfig)
     return parser
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except GateError as exc:
         log.error("gate refused the model, nothing was published: %s", exc)
         return 1
-    except (DatasetError, VersionExistsError, ValueError, RuntimeError) as exc:
+    except (DatasetError, VersionExistsError, ValueError, RuntimeError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
     summary = {

@@ -29,6 +29,7 @@ from export.train import (
 )
 
 log = logging.getLogger(__name__)
+MODEL_FIELDS = ("backbone", "weights", "image_size", "feature_layer", "alpha", "max_pixels")
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,17 @@ class ExportResult:
     train: TrainResult
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _check_images(result: TrainResult, count: int) -> list[bytes]:
     """Real images to check and warm up with: validation first, then training."""
-    chosen = []
-    for split in (VALIDATION, TRAIN):
-        for example in result.table.examples:
-            if example.split == split and len(chosen) < count:
-                chosen.append(_read(example.path))
-    return chosen
+    import tensorflow as tf
+
+    uris = result.source.uris(VALIDATION, count)
+    uris += result.source.uris(TRAIN, count - len(uris))
+    images = []
+    for uri in uris:
+        with tf.io.gfile.GFile(uri, "rb") as f:
+            images.append(f.read())
+    return images
 
 
 def model_card(config: ExportConfig, result: TrainResult) -> dict:
@@ -88,7 +87,7 @@ def model_card(config: ExportConfig, result: TrainResult) -> dict:
         },
         "classes": result.labels,
         "data": {
-            "root": config.data,
+            "source": result.metrics["source"],
             "hash": result.metrics["data_hash"],
             "images_used": result.metrics["images_used"],
             "skipped_count": result.metrics["skipped_count"],
@@ -127,6 +126,10 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
             Path("runs") / config.model_name / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         )
         result = train(dataclasses.replace(config, run_dir=run_dir, min_accuracy=None))
+    # Trained from bottlenecks, the backbone is the one the Beam job used: take it from the run.
+    config = dataclasses.replace(
+        config, **{name: getattr(result.config, name) for name in MODEL_FIELDS}
+    )
     images = _check_images(result, max(config.gate_images, config.warmup_images))
     preprocess = EagerPreprocessor(config.preprocessor())
     batch = np.stack([preprocess(i)[0] for i in images])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import hashlib
+import dataclasses
 import io
 import json
 import logging
@@ -15,16 +15,19 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from export import fsutil
-from export.backbones import BackboneConfig, build_feature_extractor, feature_dim
+from export.backbones import BackboneConfig, build_feature_extractor
 from export.cliargs import opt
-from export.dataset import SPLITS, TEST, TRAIN, VALIDATION, Dataset, SplitConfig, scan
-from export.features import FeatureTable, compute_features
+from export.dataset import SPLITS, TEST, TRAIN, VALIDATION, DatasetError, SplitConfig, scan
+from export.feature_sources import InMemoryFeatures, TFRecordFeatures, content_hash
+from export.features import compute_features
 from export.heads import HEADS, OPTIMIZERS, build_classifier, build_head, build_optimizer
 from export.preprocessing import DEFAULT_MAX_PIXELS, Preprocessor
 
 log = logging.getLogger(__name__)
+SHUFFLE_BUFFER = 50_000  # a full shuffle for datasets up to this size, a window beyond
 
 
 class QualityBarError(RuntimeError):
@@ -33,7 +36,8 @@ class QualityBarError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = opt(None, "class-folder root (or a root with train/ and test/ class folders)")
+    data: str | None = opt(None, "class-folder root (or a root with train/, test/ class folders)")
+    bottlenecks: str | None = opt(None, "train from xfer-bottlenecks output instead of images")
     run_dir: str | None = opt(None, "where config.json, metrics.json, curves.png go")
     backbone: str = opt("mobilenet_v2", "registry name (xfer-backbones lists them)")
     weights: str = opt("imagenet", "imagenet, none, or a path to a weights file")
@@ -75,71 +79,88 @@ class TrainConfig:
 class TrainResult:
     config: TrainConfig
     run_dir: Path
-    dataset: Dataset
     labels: list[str]
-    extractor: keras.Model
     head: keras.Model
-    classifier: keras.Model
-    table: FeatureTable
+    source: InMemoryFeatures | TFRecordFeatures
     metrics: dict
+    _extractor: keras.Model | None = None
 
-    def split_indices(self, split: str) -> np.ndarray:
-        return np.array([i for i, e in enumerate(self.table.examples) if e.split == split], int)
+    @property
+    def extractor(self) -> keras.Model:
+        """The backbone; built on first use (training from bottlenecks does not need it)."""
+        if self._extractor is None:
+            self._extractor = build_feature_extractor(self.config.backbone_config())
+        return self._extractor
+
+    @property
+    def classifier(self) -> keras.Model:
+        return build_classifier(self.extractor, self.head)
 
 
 def default_run_dir(root: str = "runs") -> Path:
     return Path(root) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def data_hash(table: FeatureTable) -> str:
-    """Identifies the training data: label, relative path, split and content of every image."""
-    lines = sorted(
-        f"{e.label}/{e.relative_path}\t{e.split}\t{digest}"
-        for e, digest in zip(table.examples, table.sha256)
+def _batches(source, split: str, batch_size: int) -> tf.data.Dataset:
+    return source.dataset(split).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_moments(source, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """Mean and variance of the training features, and images per class, in one streaming pass."""
+    total = np.zeros(source.feature_dim, np.float64)
+    squares = np.zeros(source.feature_dim, np.float64)
+    per_class: dict[int, int] = {}
+    for x, y in _batches(source, TRAIN, 1024).as_numpy_iterator():
+        total += x.sum(axis=0, dtype=np.float64)
+        squares += np.square(x, dtype=np.float64).sum(axis=0)
+        for label_id, n in zip(*np.unique(y, return_counts=True)):
+            per_class[int(label_id)] = per_class.get(int(label_id), 0) + int(n)
+    n = sum(per_class.values())
+    if n == 0:
+        raise DatasetError("no training images: every image was skipped or assigned elsewhere")
+    mean = total / n
+    return (
+        mean.astype(np.float32),
+        np.maximum(squares / n - mean**2, 0).astype(np.float32),
+        (per_class),
     )
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _check_classes(dataset: Dataset, table: FeatureTable) -> None:
-    have = {e.label for e in table.examples if e.split == TRAIN}
-    for label in dataset.labels:
-        if label not in have:
-            from export.dataset import DatasetError
-
+def _check_classes(labels: list[str], per_class: dict[int, int], where: str) -> None:
+    for label_id, label in enumerate(labels):
+        if not per_class.get(label_id):
             raise DatasetError(
-                f"{Path(dataset.root) / label}: no decodable training image in this class folder"
+                f"{Path(where) / label}: no decodable training image in this class folder"
             )
 
 
-def _split_arrays(table: FeatureTable, split: str):
-    idx = [i for i, e in enumerate(table.examples) if e.split == split]
-    x = table.features[idx] if idx else np.zeros((0, table.features.shape[1]), np.float32)
-    y = np.array([table.examples[i].label_id for i in idx], np.int64)
-    return x, y
-
-
-def fit_head(config: TrainConfig, table: FeatureTable, num_classes: int):
-    """Train a fresh head on cached features; returns (head, history dict, seconds)."""
+def fit_head(config: TrainConfig, source, mean, variance):
+    """Train a fresh head on features; returns (head, history dict, seconds)."""
     keras.utils.set_random_seed(config.seed)
-    x_train, y_train = _split_arrays(table, TRAIN)
     head = build_head(
-        table.features.shape[1],
-        num_classes,
+        source.feature_dim,
+        len(source.labels),
         config.head,
         hidden_units=config.hidden_units,
         dropout=config.dropout,
-        feature_mean=x_train.mean(axis=0),
-        feature_variance=x_train.var(axis=0),
+        feature_mean=mean,
+        feature_variance=variance,
     )
     head.compile(
         optimizer=build_optimizer(config.optimizer, config.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    x_val, y_val = _split_arrays(table, VALIDATION)
+    train_ds = (
+        source.dataset(TRAIN)
+        .shuffle(SHUFFLE_BUFFER, seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    validation = _batches(source, VALIDATION, config.batch_size)
+    has_validation = any(True for _ in validation.take(1))
     callbacks = []
-    validation = (x_val, y_val) if len(y_val) else None
-    if validation is None:
+    if not has_validation:
         log.warning(
             "no validation images: training %d epochs without early stopping", config.epochs
         )
@@ -154,33 +175,30 @@ def fit_head(config: TrainConfig, table: FeatureTable, num_classes: int):
         )
     started = time.perf_counter()
     history = head.fit(
-        x_train,
-        y_train,
-        validation_data=validation,
+        train_ds,
+        validation_data=validation if has_validation else None,
         epochs=config.epochs,
-        batch_size=config.batch_size,
-        shuffle=True,
         callbacks=callbacks,
         verbose=2 if config.progress else 0,
     )
     return head, history.history, time.perf_counter() - started
 
 
-def evaluate_splits(head: keras.Model, table: FeatureTable, labels: list[str]) -> dict:
+def evaluate_splits(head: keras.Model, source, batch_size: int = 256) -> dict:
     out = {}
     for split in SPLITS:
-        x, y = _split_arrays(table, split)
-        if not len(y):
-            out[split] = {"count": 0, "accuracy": None, "loss": None}
-            continue
-        probs = np.asarray(head(x, training=False))
-        loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
-        accuracy = float(np.mean(np.argmax(probs, axis=1) == y))
-        per_class = {label: int(np.sum(y == i)) for i, label in enumerate(labels)}
+        losses, hits, per_class = 0.0, 0, dict.fromkeys(source.labels, 0)
+        for x, y in _batches(source, split, batch_size).as_numpy_iterator():
+            probs = np.asarray(head(x, training=False))
+            losses += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).sum())
+            hits += int(np.sum(np.argmax(probs, axis=1) == y))
+            for label_id in y:
+                per_class[source.labels[label_id]] += 1
+        count = sum(per_class.values())
         out[split] = {
-            "count": int(len(y)),
-            "accuracy": accuracy,
-            "loss": loss,
+            "count": count,
+            "accuracy": hits / count if count else None,
+            "loss": losses / count if count else None,
             "per_class_count": per_class,
         }
     return out
@@ -235,15 +253,9 @@ def library_versions() -> dict:
     }
 
 
-def train(config: TrainConfig) -> TrainResult:
-    if not config.data:
-        raise ValueError("data is required: a class-folder root")
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fsutil.atomic_write_json(run_dir / "config.json", asdict(config))
-
+def _features_from_images(config: TrainConfig) -> tuple[InMemoryFeatures, keras.Model, str]:
     dataset = scan(config.data, config.split_config())
-    log.info("%s: %d images in %d classes", config.data, len(dataset.examples), len(dataset.labels))
+    log.info("%s: %d files in %d classes", config.data, len(dataset.examples), len(dataset.labels))
     extractor = build_feature_extractor(config.backbone_config())
     table = compute_features(
         dataset.examples,
@@ -252,26 +264,59 @@ def train(config: TrainConfig) -> TrainResult:
         batch_size=config.batch_size,
         progress=config.progress,
     )
-    table.skipped = dataset.skipped + table.skipped
-    _check_classes(dataset, table)
+    source = InMemoryFeatures(table, dataset.labels, dataset.skipped + table.skipped)
+    return source, extractor, dataset.root
 
-    head, history, seconds = fit_head(config, table, len(dataset.labels))
-    splits = evaluate_splits(head, table, dataset.labels)
+
+def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> TrainConfig:
+    """The bottlenecks' backbone is the one the exported model must contain."""
+    backbone = BackboneConfig.from_dict(source.metadata["backbone"])
+    split = source.metadata.get("split", {})
+    return dataclasses.replace(
+        config,
+        backbone=backbone.name,
+        weights=backbone.weights,
+        image_size=backbone.image_size,
+        feature_layer=backbone.feature_layer,
+        alpha=backbone.alpha,
+        max_pixels=source.metadata["preprocessing"]["max_pixels"],
+        validation_percent=split.get("validation_percent", config.validation_percent),
+        test_percent=split.get("test_percent", config.test_percent),
+    )
+
+
+def train(config: TrainConfig) -> TrainResult:
+    if bool(config.data) == bool(config.bottlenecks):
+        raise ValueError("give exactly one of data (class folders) or bottlenecks (Beam output)")
+    extractor = None
+    if config.bottlenecks:
+        source = TFRecordFeatures(config.bottlenecks)
+        config = _config_from_bottlenecks(config, source)
+        where = source.metadata["job_options"]["xfer"]["input"]
+    else:
+        source, extractor, where = _features_from_images(config)
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fsutil.atomic_write_json(run_dir / "config.json", asdict(config))
+
+    mean, variance, per_class = train_moments(source, config.batch_size)
+    _check_classes(source.labels, per_class, where)
+    head, history, seconds = fit_head(config, source, mean, variance)
+    splits = evaluate_splits(head, source)
     metrics = {
         "splits": splits,
-        "labels": dataset.labels,
-        "images_found": len(dataset.examples),
-        "images_used": len(table.examples),
-        "skipped_count": len(table.skipped),
-        "skipped": table.skipped,
-        "feature_dim": feature_dim(extractor),
+        "labels": source.labels,
+        "source": config.bottlenecks or config.data,
+        "images_used": sum(m["count"] for m in splits.values()),
+        "skipped_count": (source.metadata["errors"] if config.bottlenecks else len(source.skipped)),
+        "skipped": source.skipped,
+        "feature_dim": source.feature_dim,
         "epochs_run": len(next(iter(history.values()), [])),
         "train_seconds": seconds,
-        "data_hash": data_hash(table),
-        "explicit_splits": dataset.explicit_splits,
+        "data_hash": content_hash(source.rows()),
         "versions": library_versions(),
     }
-    fsutil.atomic_write_text(run_dir / "labels.txt", "\n".join(dataset.labels) + "\n")
+    fsutil.atomic_write_text(run_dir / "labels.txt", "\n".join(source.labels) + "\n")
     fsutil.atomic_write_text(run_dir / "history.csv", _history_csv(history))
     plot_curves(history, run_dir / "curves.png")
     head.save(run_dir / "head.keras")
@@ -284,18 +329,7 @@ def train(config: TrainConfig) -> TrainResult:
             "n/a" if acc is None else f"{acc:.4f}",
             splits[split]["count"],
         )
-
-    result = TrainResult(
-        config,
-        run_dir,
-        dataset,
-        dataset.labels,
-        extractor,
-        head,
-        build_classifier(extractor, head),
-        table,
-        metrics,
-    )
+    result = TrainResult(config, run_dir, source.labels, head, source, metrics, extractor)
     check_min_accuracy(metrics, config.min_accuracy)
     return result
 

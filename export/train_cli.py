@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from export.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="xfer-train", description=__doc__)
-    add_config_arguments(parser, TrainConfig, required=("data",))
+    add_config_arguments(parser, TrainConfig)
     return parser
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except QualityBarError as exc:
         log.error("%s", exc)
         return 1
-    except (DatasetError, ValueError, RuntimeError) as exc:
+    except (DatasetError, ValueError, RuntimeError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
     print(result.run_dir)

@@ -12,9 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from imagegen import write_shapes_dataset  # noqa: E402
-
-TINY = {"backbone": "tiny", "weights": "none"}
-FAST_TRAINING = {"epochs": 60, "patience": 0, "learning_rate": 0.01, "progress": False}
+from testconfig import FAST_TRAINING, TINY  # noqa: E402
 
 
 @pytest.fixture(scope="session")

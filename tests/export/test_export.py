@@ -157,7 +157,7 @@ def test_gate_refuses_a_broken_model_and_publishes_nothing(exported, tmp_path):
 
 
 def test_min_accuracy_gate_exits_1_and_publishes_nothing(shapes_root, tmp_path, capsys):
-    from conftest import TINY
+    from testconfig import TINY
 
     from export.export_cli import main
 

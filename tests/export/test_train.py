@@ -2,7 +2,7 @@ import csv
 import json
 
 import pytest
-from conftest import FAST_TRAINING, TINY
+from testconfig import FAST_TRAINING, TINY
 
 from export.train_cli import main as train_main
 

@@ -1,0 +1,562 @@
+"""Bottleneck features at scale: images -> backbone features -> sharded gzip TFRecords.
+
+    python -m beam_jobs.bottlenecks --input IMAGES --output OUT --backbone mobilenet_v2 [beam flags]
+
+Our flags are parsed here; every other flag goes to Beam's PipelineOptions unchanged, so the same
+command runs on the DirectRunner or on Dataflow (`--runner DataflowRunner --setup_file ./setup.py`).
+
+Output directory OUT (local or any Beam filesystem, e.g. gs://):
+  features-SSSSS-of-NNNNN.tfrecord.gz   one tf.Example per image (export/bottleneck_schema.py)
+  labels.txt                            class names, line i = label_id i
+  errors-SSSSS-of-NNNNN.jsonl           {"uri", "reason"} for each image that could not be used
+  metadata.json                         counts, backbone, duplicates/leakage, options (written last)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import posixpath
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from export.backbones import BackboneConfig
+from export.bottleneck_schema import (
+    ERRORS_PREFIX,
+    FEATURES_PREFIX,
+    LABELS_FILE,
+    METADATA_FILE,
+    TFRECORD_SUFFIX,
+    encode_example,
+)
+from export.dataset import SplitConfig, parse_path, split_of
+from export.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION
+
+log = logging.getLogger(__name__)
+NAMESPACE = "xfer"
+LIST_SUFFIXES = (".csv", ".txt", ".tsv")
+
+
+# ------------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckConfig:
+    input: str
+    output: str
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"
+    image_size: int | None = None
+    feature_layer: str | None = None
+    alpha: float = 1.0
+    num_shards: int = 0  # 0: let the runner decide
+    validation_percent: float = 10.0
+    test_percent: float = 10.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_batch_size: int = 8
+    max_batch_size: int = 64
+
+    def backbone_config(self) -> BackboneConfig:
+        return BackboneConfig(
+            name=self.backbone,
+            weights=self.weights,
+            image_size=self.image_size,
+            feature_layer=self.feature_layer,
+            alpha=self.alpha,
+        )
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(self.validation_percent, self.test_percent)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xfer-bottlenecks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = BottleneckConfig(input="", output="")
+    parser.add_argument(
+        "--input", required=True, help="class-folder root, or a CSV/text list of uri,label[,split]"
+    )
+    parser.add_argument("--output", required=True, help="output directory (prefix)")
+    parser.add_argument("--backbone", default=defaults.backbone)
+    parser.add_argument("--weights", default=defaults.weights)
+    parser.add_argument("--image_size", "--image-size", type=int, default=None)
+    parser.add_argument("--feature_layer", "--feature-layer", default=None)
+    parser.add_argument("--alpha", type=float, default=defaults.alpha)
+    parser.add_argument("--num_shards", "--num-shards", type=int, default=defaults.num_shards)
+    parser.add_argument(
+        "--validation_percent",
+        "--validation-percent",
+        type=float,
+        default=defaults.validation_percent,
+    )
+    parser.add_argument(
+        "--test_percent", "--test-percent", type=float, default=defaults.test_percent
+    )
+    parser.add_argument("--max_pixels", "--max-pixels", type=int, default=defaults.max_pixels)
+    parser.add_argument(
+        "--min_batch_size", "--min-batch-size", type=int, default=defaults.min_batch_size
+    )
+    parser.add_argument(
+        "--max_batch_size", "--max-batch-size", type=int, default=defaults.max_batch_size
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[BottleneckConfig, list[str]]:
+    known, rest = build_parser().parse_known_args(argv)
+    return BottleneckConfig(**vars(known)), rest
+
+
+# ------------------------------------------------------------------------------------ elements
+
+
+class ImageRecord(NamedTuple):
+    uri: str
+    label: str
+    split: str
+    sha256: str
+    data: bytes
+
+
+class ImageKey(NamedTuple):
+    """Travels with an image through RunInference (KeyedModelHandler) to its TFRecord row."""
+
+    uri: str
+    label: str
+    split: str
+    sha256: str
+
+
+def error_row(uri: str, reason: str) -> dict:
+    return {"uri": uri, "reason": reason}
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def is_list_input(path: str) -> bool:
+    return path.lower().endswith(LIST_SUFFIXES)
+
+
+def detect_layout(root: str) -> tuple[bool, bool]:
+    """(explicit train/test layout, has a validation folder), by the same rule as dataset.scan."""
+
+    def has_files(name: str) -> bool:
+        result = FileSystems.match([FileSystems.join(root, name, "**")], limits=[1])[0]
+        return bool(result.metadata_list)
+
+    explicit = has_files("train") and has_files("test")
+    has_validation = explicit and (has_files("validation") or has_files("val"))
+    return explicit, has_validation
+
+
+class ReadClassFolderFile(beam.DoFn):
+    """ReadableFile under a class-folder root -> ImageRecord; unreadable -> 'errors'."""
+
+    def __init__(self, root: str, explicit: bool, has_validation: bool, split: SplitConfig):
+        self.root = root.rstrip("/")
+        self.explicit = explicit
+        self.has_validation = has_validation
+        self.split = split
+        self.read = Metrics.counter(NAMESPACE, "images_read")
+        self.failed = Metrics.counter(NAMESPACE, "images_failed")
+
+    def process(self, readable: fileio.ReadableFile):
+        uri = readable.metadata.path
+        under_root = uri[len(self.root) :].lstrip("/") if uri.startswith(self.root) else uri
+        parsed = parse_path(under_root, self.explicit)
+        if parsed is None:
+            return  # hidden file, or not inside a class folder: not part of the dataset
+        split_dir, label, relative = parsed
+        try:
+            data = readable.read()
+        except Exception as exc:  # noqa: BLE001 - any I/O failure becomes an error row
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))
+            return
+        self.read.inc()
+        split = split_of(relative, split_dir, self.split, self.has_validation)
+        yield ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)
+
+
+def parse_list_line(line: str, base_dir: str) -> tuple[str, str, str | None] | None:
+    """`uri,label[,split]` (a header row `uri,label` is skipped); relative URIs are resolved
+    against the list file's directory."""
+    row = next(csv.reader([line]), [])
+    row = [c.strip() for c in row]
+    if not row or not row[0] or row[0].startswith("#") or row[0].lower() == "uri":
+        return None
+    uri = row[0]
+    if "://" not in uri and not uri.startswith("/"):
+        uri = FileSystems.join(base_dir, uri)
+    label = row[1] if len(row) > 1 else ""
+    split = row[2] if len(row) > 2 and row[2] else None
+    return uri, label, split
+
+
+class ReadListedFile(beam.DoFn):
+    """(uri, label, split) from a list file -> ImageRecord; missing/unreadable -> 'errors'."""
+
+    def __init__(self, split: SplitConfig):
+        self.split = split
+        self.read = Metrics.counter(NAMESPACE, "images_read")
+        self.failed = Metrics.counter(NAMESPACE, "images_failed")
+
+    def process(self, entry: tuple[str, str, str | None]):
+        uri, label, split = entry
+        if not label:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("errors", error_row(uri, "no label in the list"))
+            return
+        try:
+            with FileSystems.open(uri, compression_type="uncompressed") as f:
+                data = f.read()
+        except Exception as exc:  # noqa: BLE001
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))
+            return
+        self.read.inc()
+        split = split or split_of(posixpath.basename(uri), None, self.split)
+        yield ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)
+
+
+# ------------------------------------------------------------------------- decode and features
+
+
+class DecodeForBackbone(beam.DoFn):
+    """ImageRecord -> (ImageKey, model input) through the shared preprocessing contract."""
+
+    def __init__(self, backbone: BackboneConfig, max_pixels: int):
+        self.backbone = backbone
+        self.max_pixels = max_pixels
+        self.failed = Metrics.counter(NAMESPACE, "images_failed")
+        self._preprocess = None
+
+    def setup(self):
+        from export.preprocessing import EagerPreprocessor, Preprocessor
+
+        self._preprocess = EagerPreprocessor(Preprocessor(self.backbone, self.max_pixels))
+
+    def process(self, record: ImageRecord):
+        image, reason = self._preprocess(record.data)
+        if reason is not None:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("errors", error_row(record.uri, reason))
+            return
+        yield ImageKey(record.uri, record.label, record.split, record.sha256), image
+
+
+class BackboneModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
+    """Beam ModelHandler for a registry backbone: loaded once per worker process, batched."""
+
+    def __init__(
+        self, backbone: BackboneConfig, *, min_batch_size: int = 8, max_batch_size: int = 64
+    ):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.backbone = backbone
+        self._batches = Metrics.counter(NAMESPACE, "batches")
+
+    def load_model(self):
+        from export.backbones import build_feature_extractor
+
+        return build_feature_extractor(self.backbone)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None):
+        from apache_beam.ml.inference.base import PredictionResult
+
+        self._batches.inc()
+        features = np.asarray(model(np.stack(batch), training=False), dtype=np.float32)
+        return [PredictionResult(x, y) for x, y in zip(batch, features)]
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(x.nbytes for x in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{NAMESPACE}_backbone"
+
+
+def inference_errors(failed: tuple) -> Iterable[dict]:
+    """RunInference's dead-letter output (a failed batch, the exception) -> one row per image."""
+    batch, exc = failed
+    for key, _ in batch:
+        yield error_row(key.uri, f"feature extraction failed: {exc}")
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+class KeepOneCopy(beam.DoFn):
+    """Identical bytes seen more than once: keep the copy with the smallest URI, report the rest.
+
+    Copies in different splits are train/test leakage; they are reported as such.
+    """
+
+    def __init__(self):
+        self.dropped = Metrics.counter(NAMESPACE, "duplicates_dropped")
+
+    def process(self, element):
+        sha256, rows = element
+        rows = sorted(rows, key=lambda row: row[0].uri)
+        yield rows[0]
+        if len(rows) > 1:
+            self.dropped.inc(len(rows) - 1)
+            splits = sorted({key.split for key, _ in rows})
+            yield beam.pvalue.TaggedOutput(
+                "duplicates",
+                {
+                    "sha256": sha256,
+                    "kept": rows[0][0].uri,
+                    "dropped": [key.uri for key, _ in rows[1:]],
+                    "splits": splits,
+                    "leakage": len(splits) > 1,
+                },
+            )
+
+
+# --------------------------------------------------------------------------------- writing
+
+
+class CountSplit(beam.DoFn):
+    def process(self, row):
+        key, _ = row
+        Metrics.counter(NAMESPACE, f"images_{key.split}").inc()
+        yield (key.split, key.label), 1
+
+
+def to_example(row, labels: list[str], backbone: str) -> bytes:
+    key, features = row
+    return encode_example(
+        uri=key.uri,
+        sha256=key.sha256,
+        label=key.label,
+        label_id=labels.index(key.label),
+        split=key.split,
+        features=features,
+        backbone=backbone,
+    )
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Beam filesystems: write a temporary sibling then rename (local), or a single object
+    upload (gs://, which is atomic on close)."""
+    tmp = path + ".tmp"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def write_sidecars(
+    _,
+    output: str,
+    labels: list[str],
+    counts: list,
+    errors: int,
+    duplicates: list[dict],
+    feature_dims: list[int],
+    shards: list[str],
+    info: dict,
+) -> str:
+    """labels.txt and metadata.json; runs after the TFRecord shards were finalised."""
+    table: dict[str, dict[str, int]] = {}
+    for (split, label), n in counts:
+        table.setdefault(split, {})[label] = n
+    metadata = {
+        **info,
+        "labels": labels,
+        "num_classes": len(labels),
+        "counts": table,
+        "total": sum(n for _, n in counts),
+        "errors": errors,
+        "feature_dim": feature_dims[0] if feature_dims else None,
+        "duplicates": sorted(duplicates, key=lambda d: d["kept"]),
+        "leakage": [d for d in duplicates if d["leakage"]],
+        "shards": sorted(posixpath.basename(s) for s in shards),
+    }
+    write_atomically(FileSystems.join(output, LABELS_FILE), ("\n".join(labels) + "\n").encode())
+    text = json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomically(FileSystems.join(output, METADATA_FILE), text.encode())
+    return FileSystems.join(output, METADATA_FILE)
+
+
+@dataclasses.dataclass
+class Outputs:
+    """Named PCollections, for tests (assert_that) and callers that extend the pipeline."""
+
+    rows: beam.PCollection  # (ImageKey, features) after de-duplication
+    errors: beam.PCollection  # {"uri", "reason"}
+    duplicates: beam.PCollection  # duplicate/leakage reports
+    labels: beam.PCollection  # one element: sorted class names
+    metadata_path: beam.PCollection  # one element, after everything was written
+
+
+def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dict) -> Outputs:
+    split = config.split_config()
+    backbone = config.backbone_config()
+    if is_list_input(config.input):
+        base_dir = posixpath.dirname(config.input)
+        records = (
+            p
+            | "ReadList" >> beam.io.ReadFromText(config.input)
+            | "ParseList"
+            >> beam.FlatMap(lambda line: filter(None, [parse_list_line(line, base_dir)]))
+            | "ReadFiles" >> beam.ParDo(ReadListedFile(split)).with_outputs("errors", main="ok")
+        )
+    else:
+        root = config.input.rstrip("/")
+        explicit, has_validation = detect_layout(root)
+        records = (
+            p
+            | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
+            | "ReadMatches" >> fileio.ReadMatches()
+            | "ReadFiles"
+            >> beam.ParDo(ReadClassFolderFile(root, explicit, has_validation, split)).with_outputs(
+                "errors", main="ok"
+            )
+        )
+    decoded = records.ok | "Decode" >> beam.ParDo(
+        DecodeForBackbone(backbone, config.max_pixels)
+    ).with_outputs("errors", main="ok")
+
+    handler = KeyedModelHandler(
+        BackboneModelHandler(
+            backbone, min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size
+        )
+    )
+    inferred, dead_letters = (
+        decoded.ok | "Features" >> RunInference(handler).with_exception_handling()
+    )
+    features = inferred | "Unwrap" >> beam.MapTuple(
+        lambda key, result: (key, np.asarray(result.inference, dtype=np.float32))
+    )
+
+    deduplicated = (
+        features
+        | "BySha256" >> beam.Map(lambda row: (row[0].sha256, row))
+        | "GroupCopies" >> beam.GroupByKey()
+        | "KeepOneCopy" >> beam.ParDo(KeepOneCopy()).with_outputs("duplicates", main="rows")
+    )
+    rows = deduplicated.rows
+
+    labels = (
+        rows
+        | "Label" >> beam.Map(lambda row: row[0].label)
+        | "DistinctLabels" >> beam.Distinct()
+        | "AllLabels" >> beam.combiners.ToList()
+        | "Sort" >> beam.Map(sorted)
+    )
+    errors = (
+        records.errors,
+        decoded.errors,
+        dead_letters.failed_inferences | "InferenceErrors" >> beam.FlatMap(inference_errors),
+    ) | "AllErrors" >> beam.Flatten()
+    shard_kwargs = {"num_shards": config.num_shards} if config.num_shards else {}
+    shards = (
+        rows
+        | "ToExample"
+        >> beam.Map(to_example, labels=beam.pvalue.AsSingleton(labels), backbone=backbone.name)
+        | "WriteTFRecords"
+        >> beam.io.WriteToTFRecord(
+            FileSystems.join(config.output, FEATURES_PREFIX),
+            file_name_suffix=TFRECORD_SUFFIX,
+            compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+            **shard_kwargs,
+        )
+    )
+    _ = (
+        errors
+        | "ErrorJson" >> beam.Map(lambda row: json.dumps(row, sort_keys=True))
+        | "WriteErrors"
+        >> beam.io.WriteToText(
+            FileSystems.join(config.output, ERRORS_PREFIX), file_name_suffix=".jsonl"
+        )
+    )
+    counts = rows | "CountSplit" >> beam.ParDo(CountSplit()) | beam.CombinePerKey(sum)
+    feature_dims = rows | "Dim" >> beam.Map(lambda row: int(row[1].shape[0])) | beam.Distinct()
+    error_count = errors | "CountErrors" >> beam.combiners.Count.Globally()
+    metadata_path = (
+        p
+        | "Once" >> beam.Create([None])
+        | "WriteMetadata"
+        >> beam.Map(
+            write_sidecars,
+            output=config.output,
+            labels=beam.pvalue.AsSingleton(labels),
+            counts=beam.pvalue.AsList(counts),
+            errors=beam.pvalue.AsSingleton(error_count),
+            duplicates=beam.pvalue.AsList(deduplicated.duplicates),
+            feature_dims=beam.pvalue.AsList(feature_dims),
+            shards=beam.pvalue.AsList(shards),
+            info=options_info,
+        )
+    )
+    return Outputs(rows, errors, deduplicated.duplicates, labels, metadata_path)
+
+
+def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
+    from export.preprocessing import Preprocessor
+
+    return {
+        "backbone": config.backbone_config().to_dict(),
+        "preprocessing": Preprocessor(config.backbone_config(), config.max_pixels).describe(),
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "split": dataclasses.asdict(config.split_config()),
+        "job_options": {
+            "xfer": dataclasses.asdict(config),
+            "pipeline": options.get_all_options(drop_default=True),
+        },
+    }
+
+
+def report_metrics(result) -> dict[str, int]:
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    totals: dict[str, int] = {}
+    for counter in counters["counters"]:
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (
+            counter.committed if counter.committed is not None else counter.attempted
+        )
+    for name in sorted(totals):
+        log.info("%-22s %d", name, totals[name])
+    return totals
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):
+    """Build and run the job. With `test_pipeline`, only build into it (the caller runs it)."""
+    config, pipeline_args = parse_args(argv)
+    options = PipelineOptions(pipeline_args)
+    info = job_info(config, options)
+    if test_pipeline is not None:
+        return build_pipeline(test_pipeline, config, info)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config, info)
+    result = pipeline.run()
+    result.wait_until_finish()
+    report_metrics(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

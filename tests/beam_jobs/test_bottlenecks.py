@@ -1,0 +1,218 @@
+import json
+import os
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from testconfig import FAST_TRAINING, TINY
+
+from beam_jobs import bottlenecks
+from export.backbones import BackboneConfig, build_feature_extractor
+from export.bottleneck_schema import decode_example
+from export.dataset import assign_split
+from export.preprocessing import EagerPreprocessor, Preprocessor
+
+TINY_ARGS = ["--backbone", TINY["backbone"], "--weights", TINY["weights"]]
+
+
+def read_rows(out) -> list[dict]:
+    files = sorted(str(p) for p in out.glob("features-*.tfrecord.gz"))
+    dim = json.loads((out / "metadata.json").read_text())["feature_dim"]
+    return [
+        decode_example(r.numpy(), dim)
+        for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]
+
+
+def test_pipeline_outputs_errors_duplicates_and_leakage(dup_root, tmp_path):
+    """TestPipeline + assert_that on the named outputs: no peeking at files mid-pipeline."""
+    red_copy = next(p for p in (dup_root / "red").glob("copy_*"))
+    green_copy = next(p for p in (dup_root / "green").glob("copy_*"))
+    original = dup_root / "red" / "img_001.png"
+    with TestPipeline() as p:
+        outputs = bottlenecks.run(
+            ["--input", str(dup_root), "--output", str(tmp_path / "out"), *TINY_ARGS],
+            test_pipeline=p,
+        )
+        assert_that(
+            outputs.errors | beam.Map(lambda e: (os.path.basename(e["uri"]), e["reason"])),
+            equal_to(
+                [
+                    (
+                        "notes.txt",
+                        "not a decodable image: unknown format (expected JPEG, PNG, GIF or BMP)",
+                    ),
+                    ("broken.jpg", "not a decodable image: Invalid JPEG data, size 19"),
+                    (
+                        "empty.png",
+                        "not a decodable image: unknown format (expected JPEG, PNG, GIF or BMP)",
+                    ),
+                ]
+            ),
+            label="errors",
+        )
+        copies = sorted([str(original), str(red_copy), str(green_copy)])
+        assert_that(
+            outputs.duplicates
+            | beam.Map(lambda d: (d["kept"], sorted(d["dropped"]), d["leakage"])),
+            equal_to([(copies[0], copies[1:], True)]),
+            label="duplicates",
+        )
+        assert_that(
+            outputs.rows | beam.combiners.Count.Globally(), equal_to([120]), label="one_copy_kept"
+        )
+        assert_that(outputs.labels, equal_to([["blue", "green", "red"]]), label="labels")
+
+
+def test_output_files_schema_and_metadata(bottlenecks_dir, shapes_root):
+    out = bottlenecks_dir
+    shards = sorted(p.name for p in out.glob("features-*.tfrecord.gz"))
+    assert shards == ["features-00000-of-00002.tfrecord.gz", "features-00001-of-00002.tfrecord.gz"]
+    assert (out / "labels.txt").read_text() == "blue\ngreen\nred\n"
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["backbone"]["name"] == "tiny" and meta["feature_dim"] == 32
+    assert meta["preprocessing_version"] == "1" and meta["errors"] == 2
+    assert meta["total"] == 120 and meta["duplicates"] == [] and meta["leakage"] == []
+    assert (
+        sum(meta["counts"]["train"].values())
+        + sum(meta["counts"]["test"].values())
+        + sum(meta["counts"]["validation"].values())
+        == 120
+    )
+    assert meta["job_options"]["xfer"]["num_shards"] == 2
+    errors = [
+        json.loads(line) for p in out.glob("errors-*.jsonl") for line in p.read_text().splitlines()
+    ]
+    assert sorted(os.path.basename(e["uri"]) for e in errors) == ["broken.jpg", "notes.txt"]
+    rows = read_rows(out)
+    assert len(rows) == 120
+    row = rows[0]
+    uri = row["image/uri"].decode()
+    label = row["label"].decode()
+    assert uri.startswith(str(shapes_root)) and f"/{label}/" in uri
+    assert row["label_id"] == ["blue", "green", "red"].index(label)
+    assert row["split"].decode() == assign_split(os.path.basename(uri))
+    assert row["backbone"] == b"tiny" and row["features"].shape == (32,)
+    import hashlib
+
+    assert row["image/sha256"].decode() == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
+
+
+def test_feature_parity_with_the_in_process_backbone(bottlenecks_dir):
+    rows = read_rows(bottlenecks_dir)
+    config = BackboneConfig("tiny", weights="none")
+    extractor = build_feature_extractor(config)
+    preprocess = EagerPreprocessor(Preprocessor(config))
+    images = np.stack([preprocess(Path(r["image/uri"].decode()).read_bytes())[0] for r in rows])
+    expected = np.asarray(extractor(images, training=False))
+    got = np.stack([r["features"] for r in rows])
+    assert np.max(np.abs(got - expected)) <= 1e-5
+
+
+@pytest.mark.slow
+def test_multi_processing_direct_runner_end_to_end(shapes_root, tmp_path, bottlenecks_dir):
+    out = tmp_path / "mp"
+    bottlenecks.run(
+        [
+            "--input",
+            str(shapes_root),
+            "--output",
+            str(out),
+            *TINY_ARGS,
+            "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing",
+        ]
+    )
+    by_uri = {r["image/uri"]: r for r in read_rows(out)}
+    reference = {r["image/uri"]: r for r in read_rows(bottlenecks_dir)}
+    assert set(by_uri) == set(reference)
+    for uri, row in by_uri.items():
+        assert row["split"] == reference[uri]["split"]
+        np.testing.assert_allclose(row["features"], reference[uri]["features"], atol=1e-6)
+    assert json.loads((out / "metadata.json").read_text())["errors"] == 2
+
+
+def test_list_input_with_labels_and_missing_files(shapes_root, tmp_path):
+    listing = tmp_path / "list.csv"
+    red = sorted((shapes_root / "red").glob("*.png"))[:3]
+    blue = sorted((shapes_root / "blue").glob("*.jpg"))[:3]
+    lines = ["uri,label"] + [f"{p},red" for p in red] + [f"{p},blue" for p in blue]
+    lines += [f"{tmp_path / 'missing.jpg'},blue", f"{red[0]},"]
+    listing.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    bottlenecks.run(["--input", str(listing), "--output", str(out), *TINY_ARGS])
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["labels"] == ["blue", "red"] and meta["total"] == 6 - 1  # red[0] listed twice
+    errors = {
+        json.loads(line)["uri"]: json.loads(line)["reason"]
+        for p in out.glob("errors-*.jsonl")
+        for line in p.read_text().splitlines()
+    }
+    assert errors[str(tmp_path / "missing.jpg")].startswith("unreadable:")
+    assert errors[str(red[0])] == "no label in the list"
+
+
+def test_pipeline_builds_and_pickles_with_dataflow_gpu_options(shapes_root, tmp_path):
+    """The graph constructs and every transform pickles as Dataflow would need (no submission)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+
+    config, rest = bottlenecks.parse_args(
+        [
+            "--input",
+            str(shapes_root),
+            "--output",
+            str(tmp_path / "out"),
+            *TINY_ARGS,
+            "--runner",
+            "DataflowRunner",
+            "--project",
+            "xfer-example-project",
+            "--region",
+            "us-central1",
+            "--temp_location",
+            "gs://xfer-example-bucket/tmp",
+            "--setup_file",
+            "./setup.py",
+            "--machine_type",
+            "n1-standard-8",
+            "--dataflow_service_options",
+            "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver",
+            "--sdk_container_image",
+            "us-docker.pkg.dev/xfer-example-project/xfer/beam-gpu:1",
+        ]
+    )
+    options = PipelineOptions(rest)
+    pipeline = beam.Pipeline(options=options)
+    assert isinstance(pipeline.runner, DataflowRunner)
+    bottlenecks.build_pipeline(pipeline, config, bottlenecks.job_info(config, options))
+    proto = pipeline.to_runner_api()
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    assert {"Decode", "Features", "WriteTFRecords", "WriteMetadata"} <= {
+        n.split("/")[0] for n in names
+    }
+    rebuilt = beam.Pipeline.from_runner_api(proto, pipeline.runner, options)
+    assert rebuilt is not None
+    info = bottlenecks.job_info(config, options)
+    assert info["job_options"]["pipeline"]["dataflow_service_options"] == [
+        "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    ]
+
+
+def test_training_from_beam_output_matches_training_from_images(bottlenecks_dir, trained, tmp_path):
+    from export.train import TrainConfig, train
+
+    from_beam = train(
+        TrainConfig(bottlenecks=str(bottlenecks_dir), run_dir=str(tmp_path), **FAST_TRAINING)
+    )
+    a = from_beam.metrics["splits"]["validation"]
+    b = trained.metrics["splits"]["validation"]
+    assert a["count"] == b["count"]
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.02
+    # Same images, labels and splits: the same data hash, wherever the features came from.
+    assert from_beam.metrics["data_hash"] == trained.metrics["data_hash"]
+    assert from_beam.config.backbone == "tiny" and from_beam.metrics["skipped_count"] == 2
