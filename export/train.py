@@ -179,6 +179,7 @@ def fit_head(config: TrainConfig, source, mean, variance):
         validation_data=validation if has_validation else None,
         epochs=config.epochs,
         callbacks=callbacks,
+        shuffle=False,  # train_ds is shuffled above, with the seed
         verbose=2 if config.progress else 0,
     )
     return head, history.history, time.perf_counter() - started

@@ -1,0 +1,255 @@
+"""Batch inference inside Beam: a published SavedModel version scores images with RunInference.
+
+    python -m beam_jobs.predict --input IMAGES --model_dir models/NAME --output OUT [beam flags]
+
+The offline alternative to calling a server: the same SavedModel, raw bytes in, the scored-output
+schema of DESIGN.md out:
+  OUT/predictions-SSSSS-of-NNNNN.jsonl   {"uri", "labels", "scores", "model_version"}
+                                         (top-k labels, best first, and their scores)
+  OUT/errors-SSSSS-of-NNNNN.jsonl        {"uri", "error"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs.bottlenecks import LIST_SUFFIXES, NAMESPACE, parse_list_line
+from export.contract import INPUT_KEY, SERVING_DEFAULT
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    input: str
+    model_dir: str
+    output: str
+    version: int | None = None
+    top_k: int = 5
+    min_batch_size: int = 8
+    max_batch_size: int = 64
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[PredictConfig, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="xfer-beam-predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--input", required=True, help="a directory (recursive), a glob, or a CSV/text list of URIs"
+    )
+    parser.add_argument(
+        "--model_dir",
+        "--model-dir",
+        required=True,
+        help="model base path (highest version unless --version) or a version",
+    )
+    parser.add_argument("--output", required=True, help="output directory (prefix)")
+    parser.add_argument("--version", type=int, default=None)
+    parser.add_argument("--top_k", "--top-k", type=int, default=5)
+    parser.add_argument("--min_batch_size", "--min-batch-size", type=int, default=8)
+    parser.add_argument("--max_batch_size", "--max-batch-size", type=int, default=64)
+    known, rest = parser.parse_known_args(argv)
+    return PredictConfig(**vars(known)), rest
+
+
+def resolve_version_dir(model_dir: str, version: int | None) -> str:
+    """Local paths: the highest integer version (as TF Serving picks); a version dir as is."""
+    from export.predict import resolve_version
+
+    return str(resolve_version(Path(model_dir), version))
+
+
+class SavedModelHandler(ModelHandler[bytes, dict, Any]):
+    """Raw encoded images -> serving_default outputs, one model per worker process.
+
+    A batch with an undecodable image is retried image by image, so one bad file costs its own
+    row only; its result carries the model's reason instead of scores.
+    """
+
+    def __init__(
+        self, version_dir: str, top_k: int = 5, *, min_batch_size: int = 8, max_batch_size: int = 64
+    ):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.version_dir = version_dir
+        self.top_k = top_k
+        self._bisected = Metrics.counter(NAMESPACE, "batches_split_for_bad_images")
+
+    def load_model(self):
+        import tensorflow as tf
+
+        return tf.saved_model.load(self.version_dir).signatures[SERVING_DEFAULT]
+
+    def _score(self, images: Sequence[bytes], model) -> list[dict]:
+        import tensorflow as tf
+
+        out = model(**{INPUT_KEY: tf.constant(list(images))})
+        labels = out["labels"].numpy()[:, : self.top_k]
+        scores = out["top_scores"].numpy()[:, : self.top_k]
+        return [
+            {
+                "labels": [s.decode() for s in row_labels],
+                "scores": [round(float(s), 6) for s in row_scores],
+            }
+            for row_labels, row_scores in zip(labels, scores)
+        ]
+
+    def run_inference(self, batch: Sequence[bytes], model, inference_args=None):
+        import tensorflow as tf
+
+        from export.preprocessing import error_reason
+
+        try:
+            outputs = self._score(batch, model)
+        except tf.errors.InvalidArgumentError:
+            self._bisected.inc()
+            outputs = []
+            for image in batch:
+                try:
+                    outputs.extend(self._score([image], model))
+                except tf.errors.InvalidArgumentError as exc:
+                    outputs.append({"error": error_reason(exc)})
+        return [PredictionResult(x, y) for x, y in zip(batch, outputs)]
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(x) for x in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{NAMESPACE}_savedmodel"
+
+
+class ToScoredRow(beam.DoFn):
+    """(uri, PredictionResult) -> a scored row, or an error row on the 'errors' output."""
+
+    def __init__(self, model_version: int | None):
+        self.model_version = model_version
+        self.scored = Metrics.counter(NAMESPACE, "images_scored")
+        self.failed = Metrics.counter(NAMESPACE, "images_failed")
+
+    def process(self, element):
+        uri, result = element
+        if "error" in result.inference:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                "errors", {"uri": uri, "error": result.inference["error"]}
+            )
+            return
+        self.scored.inc()
+        yield {"uri": uri, **result.inference, "model_version": self.model_version}
+
+
+class ReadUri(beam.DoFn):
+    def process(self, uri: str):
+        try:
+            with FileSystems.open(uri, compression_type="uncompressed") as f:
+                yield uri, f.read()
+        except Exception as exc:  # noqa: BLE001 - any I/O failure becomes an error row
+            Metrics.counter(NAMESPACE, "images_failed").inc()
+            yield beam.pvalue.TaggedOutput("errors", {"uri": uri, "error": f"unreadable: {exc}"})
+
+
+def read_images(p: beam.Pipeline, source: str):
+    """(uri, bytes) and read-error rows, from a directory, a glob or a list of URIs."""
+    if source.lower().endswith(LIST_SUFFIXES):
+        base_dir = str(Path(source).parent)
+        return (
+            p
+            | "ReadList" >> beam.io.ReadFromText(source)
+            | "ParseList"
+            >> beam.FlatMap(lambda line: [e[0] for e in [parse_list_line(line, base_dir)] if e])
+            | "ReadFiles" >> beam.ParDo(ReadUri()).with_outputs("errors", main="ok")
+        )
+    pattern = source if any(c in source for c in "*?[") else FileSystems.join(source, "**")
+    files = (
+        p
+        | "MatchFiles" >> fileio.MatchFiles(pattern)
+        | "ImagesOnly" >> beam.Filter(lambda m: m.path.lower().endswith(IMAGE_SUFFIXES))
+        | "ReadMatches" >> fileio.ReadMatches()
+        | "Uris" >> beam.Map(lambda f: f.metadata.path)
+    )
+    return files | "ReadFiles" >> beam.ParDo(ReadUri()).with_outputs("errors", main="ok")
+
+
+def build_pipeline(p: beam.Pipeline, config: PredictConfig, version_dir: str):
+    name = Path(version_dir).name
+    version = int(name) if name.isdigit() else None
+    images = read_images(p, config.input)
+    handler = KeyedModelHandler(
+        SavedModelHandler(
+            version_dir,
+            config.top_k,
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
+        )
+    )
+    scored, dead_letters = images.ok | "Score" >> RunInference(handler).with_exception_handling()
+    rows = scored | "Rows" >> beam.ParDo(ToScoredRow(version)).with_outputs("errors", main="ok")
+    failed_batches = dead_letters.failed_inferences | "BatchErrors" >> beam.FlatMap(
+        lambda failed: [
+            {"uri": uri, "error": f"inference failed: {failed[1]}"} for uri, _ in failed[0]
+        ]
+    )
+    errors = (images.errors, rows.errors, failed_batches) | "AllErrors" >> beam.Flatten()
+    for label, pcoll, prefix in (
+        ("Predictions", rows.ok, "predictions"),
+        ("Errors", errors, "errors"),
+    ):
+        _ = (
+            pcoll
+            | f"{label}Json" >> beam.Map(json.dumps)
+            | f"Write{label}"
+            >> beam.io.WriteToText(
+                FileSystems.join(config.output, prefix), file_name_suffix=".jsonl"
+            )
+        )
+    return rows.ok, errors
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):
+    config, pipeline_args = parse_args(argv)
+    version_dir = resolve_version_dir(config.model_dir, config.version)
+    if test_pipeline is not None:
+        return build_pipeline(test_pipeline, config, version_dir)
+    pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args))
+    build_pipeline(pipeline, config, version_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    from beam_jobs.bottlenecks import report_metrics
+
+    report_metrics(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        run(argv)
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
