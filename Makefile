@@ -59,3 +59,7 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Benchmarks: ratios measured in one run, written to bench-results.json (never asserted in tests).
+bench: $(STAMP)
+	$(BIN)/python bench/beam_bench.py

@@ -144,9 +144,14 @@ def test_list_input_with_labels_and_missing_files(shapes_root, tmp_path):
     lines += [f"{tmp_path / 'missing.jpg'},blue", f"{red[0]},"]
     listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    bottlenecks.run(["--input", str(listing), "--output", str(out), *TINY_ARGS])
+    result = bottlenecks.run(["--input", str(listing), "--output", str(out), *TINY_ARGS])
+    counters = bottlenecks.report_metrics(result)
+    # 6 read, of which blue/broken.jpg fails to decode; missing.jpg and the unlabelled row fail.
+    assert counters["images_read"] == 6 and counters["images_failed"] == 3
+    assert counters["batches"] >= 1
+    assert sum(counters.get(f"images_{s}", 0) for s in ("train", "validation", "test")) == 5
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["labels"] == ["blue", "red"] and meta["total"] == 6 - 1  # red[0] listed twice
+    assert meta["labels"] == ["blue", "red"] and meta["total"] == 5
     errors = {
         json.loads(line)["uri"]: json.loads(line)["reason"]
         for p in out.glob("errors-*.jsonl")
@@ -154,6 +159,7 @@ def test_list_input_with_labels_and_missing_files(shapes_root, tmp_path):
     }
     assert errors[str(tmp_path / "missing.jpg")].startswith("unreadable:")
     assert errors[str(red[0])] == "no label in the list"
+    assert errors[str(blue[0])].startswith("not a decodable image")
 
 
 def test_pipeline_builds_and_pickles_with_dataflow_gpu_options(shapes_root, tmp_path):

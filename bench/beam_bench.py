@@ -1,0 +1,151 @@
+"""Beam bottleneck job vs the in-process backbone, on the same images, backbone and batch size.
+
+beam_vs_inprocess   Beam DirectRunner images/s / in-process images/s (decode + backbone both)
+beam_rss_10x_vs_1x  the job's peak RSS on 10x the images / on 1x
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import peak_rss_mb, record  # noqa: E402
+
+BACKBONE = [
+    "--backbone",
+    "mobilenet_v2",
+    "--weights",
+    "none",
+    "--image_size",
+    "96",
+    "--alpha",
+    "0.35",
+]
+BATCH = 64
+
+
+def make_images(root: Path, copies: int) -> Path:
+    """The scikit-learn digits (1,797 real scans) as PNGs; `copies` distinct variants of each."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for copy in range(copies):
+        for i, (image, target) in enumerate(zip(digits.images, digits.target)):
+            pixels = np.kron(255 - image * 15, np.ones((4, 4))).astype(np.uint8)
+            pixels[0, 0] = copy  # every copy has different bytes: no duplicates to drop
+            folder = root / str(target)
+            folder.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "PNG")
+            (folder / f"{copy:02d}_{i:04d}.png").write_bytes(buf.getvalue())
+    return root
+
+
+def in_process(images: Path) -> dict:
+    from export.backbones import BackboneConfig, build_feature_extractor
+    from export.dataset import scan
+    from export.features import compute_features
+    from export.preprocessing import Preprocessor
+
+    config = BackboneConfig("mobilenet_v2", weights="none", image_size=96, alpha=0.35)
+    examples = scan(images).examples
+    started = time.perf_counter()
+    extractor = build_feature_extractor(config)
+    table = compute_features(
+        examples, extractor, Preprocessor(config), batch_size=BATCH, progress=False
+    )
+    seconds = time.perf_counter() - started
+    return {"images": len(table.examples), "seconds": seconds}
+
+
+def beam(images: Path, out: Path, extra=()) -> dict:
+    from beam_jobs.bottlenecks import run
+
+    started = time.perf_counter()
+    run(
+        [
+            "--input",
+            str(images),
+            "--output",
+            str(out),
+            *BACKBONE,
+            "--min_batch_size",
+            str(BATCH),
+            "--max_batch_size",
+            str(BATCH),
+            *extra,
+        ]
+    )
+    seconds = time.perf_counter() - started
+    total = json.loads((out / "metadata.json").read_text())["total"]
+    return {"images": total, "seconds": seconds}
+
+
+def child(mode: str, images: str, out: str) -> None:
+    """Runs in a fresh interpreter so that its peak RSS is the job's alone."""
+    result = beam(Path(images), Path(out)) if mode == "beam" else in_process(Path(images))
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+def run_child(mode: str, images: Path, out: Path) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(images), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=3)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory(prefix="xfer-bench-beam-") as tmp:
+        tmp = Path(tmp)
+        one = make_images(tmp / "x1", 1)
+        ten = make_images(tmp / "x10", 10)
+        # Same process, one after the other: the same TF runtime for both measurements.
+        inproc = in_process(one)
+        inproc = in_process(one)  # the second run: no first-call tracing in either figure
+        beam(one, tmp / "warm")
+        beam_1x = beam(one, tmp / "b1")
+        rss_1x = run_child("beam", one, tmp / "r1")
+        rss_10x = run_child("beam", ten, tmp / "r10")
+    inproc_rate = inproc["images"] / inproc["seconds"]
+    beam_rate = beam_1x["images"] / beam_1x["seconds"]
+    record(
+        "beam (mobilenet_v2 alpha 0.35 at 96x96, weights none, batch 64, DirectRunner)",
+        {
+            "beam_vs_inprocess": beam_rate / inproc_rate,
+            "beam_rss_10x_vs_1x": rss_10x["peak_rss_mb"] / rss_1x["peak_rss_mb"],
+        },
+        {
+            "images": inproc["images"],
+            "inprocess_images_per_s": inproc_rate,
+            "beam_images_per_s": beam_rate,
+            "beam_peak_rss_mb_1x": rss_1x["peak_rss_mb"],
+            "beam_peak_rss_mb_10x": rss_10x["peak_rss_mb"],
+            "images_10x": rss_10x["images"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
