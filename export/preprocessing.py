@@ -46,6 +46,9 @@ NORMALIZATIONS = {
         ),
     ),
     "raw": ("none: pixels in [0, 255] (the model normalises inside)", lambda x: x),
+    # EfficientNet-Lite's training normalisation (official MEAN_RGB 127, STDDEV_RGB 128); both
+    # constants, 1/128 and 127/128, are exact in float32.
+    "lite": ("subtract 127, divide by 128", lambda x: x * (1.0 / 128.0) - 127.0 / 128.0),
 }
 
 _UNKNOWN, _JPEG, _PNG, _GIF, _BMP = 0, 1, 2, 3, 4
