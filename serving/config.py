@@ -1,0 +1,329 @@
+"""Flags and config files of `tensorflow_model_server`, parsed into typed configs.
+
+The flag names, defaults and text-format config files are TF Serving's own (model_servers/main.cc,
+server.h, model_server_config.proto, session_bundle_config.proto, monitoring_config.proto), so a
+deployment can switch between this server and the real one without changing anything else.
+A config file that does not parse is refused at start-up with `file:line: reason`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.protos import BatchingParameters, MonitoringConfig
+
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
+INT32_MAX = 2**31 - 1  # TF Serving's gRPC server: builder.SetMaxMessageSize(INT32_MAX)
+_CPUS = os.cpu_count() or 1
+
+
+class ConfigError(ValueError):
+    """A flag or config file is invalid; the message names the file and line."""
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "t", "yes", "y"):
+        return True
+    if value in ("0", "false", "f", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false; received {text!r}")
+
+
+@dataclass(frozen=True)
+class ServerFlags:
+    """`tensorflow_model_server` flags we implement; defaults as in TF Serving's server.h."""
+
+    port: int = 8500
+    rest_api_port: int = 0
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    monitoring_config_file: str = ""
+    grpc_max_threads: int = 4 * _CPUS
+    grpc_channel_arguments: str = ""
+    grpc_max_message_bytes: int = INT32_MAX
+    rest_api_num_threads: int = 4 * _CPUS
+    rest_api_timeout_in_ms: int = 30000
+    enable_model_warmup: bool = True
+    enable_grpc_healthcheck_service: bool = True
+    allow_version_labels_for_unavailable_models: bool = False
+    host: str = "0.0.0.0"
+    verbose: bool = False
+
+
+FLAG_HELP = {
+    "port": "TCP port for the gRPC API",
+    "rest_api_port": "port for the HTTP/REST API and metrics; 0 disables it",
+    "model_name": "name of the model (ignored if --model_config_file is set)",
+    "model_base_path": "directory holding <N>/ version directories (unless --model_config_file)",
+    "model_config_file": "ModelServerConfig in protobuf text format",
+    "model_config_file_poll_wait_seconds": "re-read --model_config_file every N s; 0 = never",
+    "file_system_poll_wait_seconds": "look for new versions every N s; 0 = only at start-up",
+    "enable_batching": "merge concurrent requests into one model call",
+    "batching_parameters_file": "BatchingParameters in protobuf text format",
+    "monitoring_config_file": "MonitoringConfig in protobuf text format (Prometheus endpoint)",
+    "grpc_max_threads": "max gRPC worker threads",
+    "grpc_channel_arguments": "comma-separated gRPC server options, e.g. "
+    "grpc.max_receive_message_length=8388608",
+    "grpc_max_message_bytes": "max gRPC message size, both directions (TF Serving: INT32_MAX)",
+    "rest_api_num_threads": "max concurrent HTTP/REST requests",
+    "rest_api_timeout_in_ms": "HTTP/REST request timeout",
+    "enable_model_warmup": "replay assets.extra/tf_serving_warmup_requests before serving",
+    "enable_grpc_healthcheck_service": "serve grpc.health.v1.Health (TF Serving default: false)",
+    "allow_version_labels_for_unavailable_models": "allow labels on versions not yet loaded",
+    "host": "address to bind (not a TF Serving flag)",
+    "verbose": "debug logging (not a TF Serving flag)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xfer-serve",
+        description="Local TF-Serving-compatible model server (flags as tensorflow_model_server).",
+    )
+    defaults = ServerFlags()
+    for name, f in ServerFlags.__dataclass_fields__.items():
+        default = getattr(defaults, name)
+        flags = ["--" + name] + (["--" + name.replace("_", "-")] if "_" in name else [])
+        help_text = f"{FLAG_HELP[name]} (default: {default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(
+                *flags, dest=name, type=_bool, nargs="?", const=True, default=default,
+                help=help_text,
+            )  # fmt: skip
+        else:
+            kind = int if f.type in ("int", int) else str
+            parser.add_argument(*flags, dest=name, type=kind, default=default, help=help_text)
+    return parser
+
+
+def parse_flags(argv: list[str] | None = None) -> ServerFlags:
+    args = build_parser().parse_args(argv)
+    return ServerFlags(**vars(args))
+
+
+# ---------------------------------------------------------------- typed configs
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """FileSystemStoragePathSourceConfig.ServableVersionPolicy: latest N, all, or specific."""
+
+    kind: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    base_path: str
+    policy: VersionPolicy = VersionPolicy()
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """BatchingParameters with SharedBatchScheduler's defaults filled in."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = _CPUS
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+
+
+@dataclass(frozen=True)
+class MonitoringOptions:
+    prometheus_enable: bool = False
+    prometheus_path: str = DEFAULT_PROMETHEUS_PATH
+
+
+# ---------------------------------------------------------------- text-format parsing
+
+
+def _line_of(text: str, token: str) -> int:
+    """1-based line where `token` first appears (for errors found after parsing)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if token in line:
+            return number
+    return 1
+
+
+def parse_text_proto(text: str, message, path: str):
+    """Parse protobuf text format; errors become `path:line: reason`."""
+    try:
+        return text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        reason = re.sub(r"^\d+:\d+ : ", "", str(exc))
+        line = exc.GetLine() or 1
+        raise ConfigError(f"{path}:{line}: {reason}") from None
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+
+
+def model_configs_from_proto(config, text: str, path: str) -> list[ModelConfig]:
+    """ModelServerConfig -> ModelConfig list, with TF Serving's rules checked."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise ConfigError(f"{path}:1: custom_model_config is not supported")
+    models: list[ModelConfig] = []
+    seen: set[str] = set()
+    for proto in config.model_config_list.config:
+        where = f"{path}:{_line_of(text, proto.name or 'config')}"
+        if not proto.name:
+            raise ConfigError(f"{where}: model config without a name")
+        if proto.name in seen:
+            raise ConfigError(f"{where}: duplicate model name {proto.name!r}")
+        seen.add(proto.name)
+        if not proto.base_path:
+            raise ConfigError(f"{where}: model {proto.name!r} has no base_path")
+        if proto.model_platform not in ("", "tensorflow"):
+            raise ConfigError(
+                f"{path}:{_line_of(text, proto.model_platform)}: model_platform "
+                f"{proto.model_platform!r} is not supported (only 'tensorflow')"
+            )
+        policy_proto = proto.model_version_policy
+        kind = policy_proto.WhichOneof("policy_choice") or "latest"
+        if kind == "latest":
+            n = policy_proto.latest.num_versions or 1
+            policy = VersionPolicy("latest", num_versions=n)
+        elif kind == "all":
+            policy = VersionPolicy("all")
+        else:
+            versions = tuple(sorted(set(policy_proto.specific.versions)))
+            if not versions:
+                raise ConfigError(
+                    f"{path}:{_line_of(text, 'specific')}: model {proto.name!r}: "
+                    "specific version policy lists no versions"
+                )
+            policy = VersionPolicy("specific", versions=versions)
+        models.append(ModelConfig(proto.name, proto.base_path, policy, dict(proto.version_labels)))
+    return models
+
+
+def load_model_config_file(path: str) -> list[ModelConfig]:
+    text = _read(path, "ModelServerConfig")
+    proto = parse_text_proto(text, model_server_config_pb2.ModelServerConfig(), path)
+    return model_configs_from_proto(proto, text, path)
+
+
+def batching_from_proto(proto, text: str = "", path: str = "<batching>") -> BatchingOptions:
+    defaults = BatchingOptions()
+
+    def get(name):
+        return getattr(proto, name).value if proto.HasField(name) else getattr(defaults, name)
+
+    options = BatchingOptions(
+        max_batch_size=int(get("max_batch_size")),
+        batch_timeout_micros=int(get("batch_timeout_micros")),
+        max_enqueued_batches=int(get("max_enqueued_batches")),
+        num_batch_threads=int(get("num_batch_threads")),
+        allowed_batch_sizes=tuple(int(s) for s in proto.allowed_batch_sizes),
+        pad_variable_length_inputs=bool(proto.pad_variable_length_inputs),
+    )
+    for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
+        if getattr(options, name) <= 0:
+            raise ConfigError(f"{path}:{_line_of(text, name)}: {name} must be positive")
+    sizes = options.allowed_batch_sizes
+    if sizes:
+        if list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
+            raise ConfigError(
+                f"{path}:{_line_of(text, 'allowed_batch_sizes')}: allowed_batch_sizes must "
+                "be positive and strictly increasing"
+            )
+        if sizes[-1] != options.max_batch_size:  # bundle_factory_util.cc's rule and text
+            raise ConfigError(
+                f"{path}:{_line_of(text, 'allowed_batch_sizes')}: Last entry in "
+                "allowed_batch_sizes must match max_batch_size; last entry was "
+                f"{sizes[-1]}; expected {options.max_batch_size}"
+            )
+    return options
+
+
+def load_batching_file(path: str) -> BatchingOptions:
+    text = _read(path, "BatchingParameters")
+    return batching_from_proto(parse_text_proto(text, BatchingParameters(), path), text, path)
+
+
+def load_monitoring_file(path: str) -> MonitoringOptions:
+    text = _read(path, "MonitoringConfig")
+    proto = parse_text_proto(text, MonitoringConfig(), path)
+    prom = proto.prometheus_config
+    route = prom.path or DEFAULT_PROMETHEUS_PATH
+    if not route.startswith("/"):
+        raise ConfigError(f"{path}:{_line_of(text, 'path')}: path must start with '/'")
+    return MonitoringOptions(prometheus_enable=prom.enable, prometheus_path=route)
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, object]]:
+    """`--grpc_channel_arguments=a=1,b=x` as TF Serving's parseGrpcChannelArgs reads it."""
+    options: list[tuple[str, object]] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        options.append((key, int(value) if re.fullmatch(r"-?\d+", value) else value))
+    return options
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything the server needs, validated: flags plus the parsed config files."""
+
+    flags: ServerFlags
+    models: list[ModelConfig]
+    batching: BatchingOptions | None
+    monitoring: MonitoringOptions
+    channel_options: list[tuple[str, object]]
+
+
+def resolve(flags: ServerFlags) -> ServingConfig:
+    """Validate flags and read config files, in the order and with the rules of server.cc."""
+    if flags.port == 0:
+        raise ConfigError("--port must be set (gRPC cannot be disabled)")
+    if flags.rest_api_port and flags.rest_api_port == flags.port:
+        raise ConfigError("--rest_api_port cannot be the same as --port")
+    if not flags.model_base_path and not flags.model_config_file:
+        raise ConfigError("Both --model_base_path and --model_config_file are empty!")
+    if flags.model_config_file:
+        models = load_model_config_file(flags.model_config_file)
+    else:
+        models = [ModelConfig(flags.model_name, flags.model_base_path)]
+    batching = None
+    if flags.enable_batching:
+        batching = (
+            load_batching_file(flags.batching_parameters_file)
+            if flags.batching_parameters_file
+            else BatchingOptions()
+        )
+    elif flags.batching_parameters_file:
+        raise ConfigError("--batching_parameters_file is set without --enable_batching")
+    monitoring = (
+        load_monitoring_file(flags.monitoring_config_file)
+        if flags.monitoring_config_file
+        else MonitoringOptions()
+    )
+    channel = [
+        ("grpc.max_receive_message_length", flags.grpc_max_message_bytes),
+        ("grpc.max_send_message_length", flags.grpc_max_message_bytes),
+        *parse_channel_arguments(flags.grpc_channel_arguments),
+    ]
+    return ServingConfig(flags, models, batching, monitoring, channel)

@@ -1,0 +1,105 @@
+"""gRPC: tensorflow.serving.PredictionService and ModelService, plus grpc.health.v1.Health."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from serving.api import ServingApi
+from serving.config import model_configs_from_proto
+from serving.errors import ServingError, from_tf_error
+
+log = logging.getLogger(__name__)
+
+
+def _guard(method):
+    """Turn ServingError / TF errors into gRPC status codes; never let a request kill a thread."""
+
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as exc:
+            context.abort(exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001
+            if hasattr(exc, "error_code"):  # tf.errors.OpError from session.run
+                error = from_tf_error(exc)
+                context.abort(error.code, error.message)
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, api: ServingApi):
+        self.api = api
+
+    @_guard
+    def Predict(self, request, context):  # noqa: N802 - gRPC method names
+        return self.api.predict(request)
+
+    @_guard
+    def Classify(self, request, context):  # noqa: N802
+        return self.api.classify(request)
+
+    @_guard
+    def Regress(self, request, context):  # noqa: N802
+        return self.api.regress(request)
+
+    @_guard
+    def MultiInference(self, request, context):  # noqa: N802
+        return self.api.multi_inference(request)
+
+    @_guard
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return self.api.metadata(request)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, api: ServingApi):
+        self.api = api
+
+    @_guard
+    def GetModelStatus(self, request, context):  # noqa: N802
+        return self.api.status(request)
+
+    @_guard
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        return self.api.reload_config(
+            request, lambda config: model_configs_from_proto(config, "", "ReloadConfigRequest")
+        )
+
+
+def build_grpc_server(
+    api: ServingApi,
+    address: str,
+    *,
+    max_threads: int,
+    options: list[tuple[str, object]],
+    health: bool = True,
+):
+    """A started-later grpc.Server; returns (server, bound port, health servicer or None)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
+        options=options,
+        maximum_concurrent_rpcs=None,
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(api), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(api), server)
+    health_servicer = None
+    if health:
+        from grpc_health.v1 import health as grpc_health
+        from grpc_health.v1 import health_pb2_grpc
+
+        health_servicer = grpc_health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the gRPC port at {address}")
+    return server, port, health_servicer

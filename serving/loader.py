@@ -1,0 +1,109 @@
+"""Load one model version as TF Serving does: a TF1 session on the `serve` MetaGraph.
+
+`tf.compat.v1.saved_model.loader.load(sess, ["serve"], dir)` is what tensorflow_model_server's
+SavedModelBundle does; the signatures come from the MetaGraph's SignatureDef map (never from TF2
+concrete functions), so a model that works here works in TF Serving and vice versa.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.contract import SERVE_TAG, WARMUP_FILE
+
+log = logging.getLogger(__name__)
+MAX_WARMUP_RECORDS = 1000  # saved_model_warmup_util.cc: kMaxNumRecords
+
+
+@dataclass
+class Servable:
+    """A loaded version: its session, signatures and an in-flight request count."""
+
+    name: str
+    version: int
+    path: Path
+    session: object
+    signatures: dict  # name -> tensorflow.core.protobuf.meta_graph_pb2.SignatureDef
+    _inflight: int = 0
+    _lock: threading.Condition = field(default_factory=threading.Condition)
+    _closed: bool = False
+
+    def run(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
+        """session.run by tensor names (thread-safe; TF releases the GIL while it runs)."""
+        return self.session.run(fetches, feeds)
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._inflight += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._lock.notify_all()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Unload after the requests holding this version finished (no request fails a swap)."""
+        with self._lock:
+            self._closed = True
+            self._lock.wait_for(lambda: self._inflight == 0, timeout=timeout)
+        self.session.close()
+
+
+def load_servable(name: str, version: int, path: str | Path) -> Servable:
+    """Load `path` TF1-style; raises whatever TensorFlow raises for a broken SavedModel."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    try:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], str(path))
+    except BaseException:
+        session.close()
+        raise
+    graph.finalize()  # as a SavedModelBundle: nothing may add ops once serving
+    signatures = dict(meta_graph.signature_def)  # all of them, as SavedModelBundle keeps
+    return Servable(name, version, Path(path), session, signatures)
+
+
+def warmup_file(path: str | Path) -> Path | None:
+    candidate = Path(path) / "assets.extra" / WARMUP_FILE
+    return candidate if candidate.is_file() else None
+
+
+def read_warmup_records(path: str | Path) -> list:
+    """PredictionLog protos from assets.extra/tf_serving_warmup_requests (at most 1000)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    source = warmup_file(path)
+    if source is None:
+        return []
+    records = []
+    for record in tf.compat.v1.io.tf_record_iterator(str(source)):
+        records.append(prediction_log_pb2.PredictionLog.FromString(record))
+        if len(records) > MAX_WARMUP_RECORDS:
+            raise ValueError(
+                f"{source}: more than {MAX_WARMUP_RECORDS} warmup records (TF Serving's limit)"
+            )
+    return records
+
+
+def version_fingerprint(path: str | Path) -> tuple:
+    """Changes when a version directory's saved_model is rewritten (to retry a failed load)."""
+    stats = []
+    for name in ("saved_model.pb", "saved_model.pbtxt"):
+        try:
+            st = os.stat(Path(path) / name)
+            stats.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            continue
+    return tuple(stats)

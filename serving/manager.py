@@ -1,0 +1,343 @@
+"""Which versions of which models are served: polling, version policy, hot swap, labels, status.
+
+A new version is loaded and warmed up before it is routed to; the version it replaces is taken
+out of routing only after that, and closed only when its in-flight requests are done (TF Serving's
+AvailabilityPreservingPolicy), so no request fails during a swap. A version that fails to load is
+reported (END with its error, as ServableStateMonitor does) and is not retried until its
+saved_model changes; whatever was serving keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from serving import inference
+from serving.batching import Batcher
+from serving.config import BatchingOptions, ModelConfig
+from serving.errors import ServingError, failed_precondition, invalid, not_found
+from serving.loader import Servable, load_servable, read_warmup_records, version_fingerprint
+from serving.metrics import Metrics
+from serving.versions import aspired_versions, version_dirs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VersionStatus:
+    state: str = "START"  # START | LOADING | AVAILABLE | UNLOADING | END
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+
+
+@dataclass
+class Loaded:
+    servable: Servable
+    run: Callable
+    batcher: Batcher | None = None
+
+
+@dataclass
+class ModelState:
+    config: ModelConfig
+    status: dict[int, VersionStatus] = field(default_factory=dict)
+    loaded: dict[int, Loaded] = field(default_factory=dict)
+    failed: dict[int, tuple] = field(default_factory=dict)  # version -> fingerprint that failed
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Handle:
+    servable: Servable
+    run: Callable
+
+
+def _load_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    code_value = getattr(exc, "error_code", None)
+    code = next((c for c in grpc.StatusCode if c.value[0] == code_value), grpc.StatusCode.UNKNOWN)
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return code, " ".join(text.split())[:2000]
+
+
+class ModelManager:
+    def __init__(
+        self,
+        models: list[ModelConfig],
+        *,
+        batching: BatchingOptions | None = None,
+        metrics: Metrics | None = None,
+        warmup: bool = True,
+        allow_labels_for_unavailable: bool = False,
+    ):
+        self.batching = batching
+        self.metrics = metrics or Metrics()
+        self.warmup = warmup
+        self.allow_labels_for_unavailable = allow_labels_for_unavailable
+        self._lock = threading.RLock()  # routing tables
+        self._poll_lock = threading.Lock()  # one poll / reload at a time
+        self._models: dict[str, ModelState] = {m.name: ModelState(m) for m in models}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ requests
+
+    @contextlib.contextmanager
+    def handle(self, name: str, version: int | None = None, label: str = "") -> Iterator[Handle]:
+        """The servable a ModelSpec resolves to, held so it is not unloaded mid-request."""
+        for _ in range(3):
+            with self._lock:
+                loaded = self._resolve(name, version, label)
+            if loaded.servable.acquire():
+                break
+        else:  # raced with an unload three times in a row
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, f"Model {name} is being unloaded")
+        try:
+            yield Handle(loaded.servable, loaded.run)
+        finally:
+            loaded.servable.release()
+
+    def _resolve(self, name: str, version: int | None, label: str) -> Loaded:
+        model = self._models.get(name)
+        if label:
+            if model is None or label not in model.labels:
+                raise invalid(f"Unrecognized servable version label: {label}")
+            version = model.labels[label]
+        if model is None or not model.loaded:
+            request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+            raise not_found(f"Servable not found for request: {request}")
+        if version is None:
+            return model.loaded[max(model.loaded)]
+        if version not in model.loaded:
+            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+        return model.loaded[version]
+
+    def status(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
+        """GetModelStatus (get_model_status_impl.cc texts)."""
+        with self._lock:
+            model = self._models.get(name)
+            states = dict(model.status) if model else {}
+        if version is not None:
+            if version not in states:
+                raise not_found(f"Could not find version {version} of model {name}")
+            return [(version, states[version])]
+        if not states:
+            raise not_found(f"Could not find any versions of model {name}")
+        return sorted(states.items())
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def is_serving(self) -> bool:
+        """Every configured model has at least one version available."""
+        with self._lock:
+            return bool(self._models) and all(m.loaded for m in self._models.values())
+
+    # ------------------------------------------------------------ loading
+
+    def _set(self, model: ModelState, version: int, state: str, code=None, message="") -> None:
+        with self._lock:
+            model.status[version] = VersionStatus(state, code or grpc.StatusCode.OK, message)
+        self.metrics.set_state(model.config.name, version, state)
+
+    def _runner(self, servable: Servable) -> tuple[Callable, Batcher | None]:
+        name = servable.name
+
+        def direct(feeds, fetches):
+            start = time.perf_counter()
+            try:
+                return servable.run(feeds, fetches)
+            finally:
+                self.metrics.runtime_latency.labels(name, "Predict", "TF1").observe(
+                    (time.perf_counter() - start) * 1e6
+                )
+
+        if self.batching is None:
+            return direct, None
+
+        def on_batch(size: int, padding: int) -> None:
+            self.metrics.batch_size.labels(name).observe(size)
+            self.metrics.padding_size.labels(name).observe(padding)
+
+        batcher = Batcher(self.batching, direct, on_batch, name=f"batch-{name}-{servable.version}")
+        return batcher.run, batcher
+
+    def _warm_up(self, servable: Servable, run: Callable) -> int:
+        """Replay assets.extra/tf_serving_warmup_requests through the serving path."""
+        count = 0
+        for log_record in read_warmup_records(servable.path):
+            kind = log_record.WhichOneof("log_type")
+            if kind == "predict_log":
+                inference.predict(servable, log_record.predict_log.request, run)
+            elif kind == "classify_log":
+                inference.classify(servable, log_record.classify_log.request, run)
+            elif kind == "regress_log":
+                inference.regress(servable, log_record.regress_log.request, run)
+            elif kind == "multi_inference_log":
+                inference.multi_inference(servable, log_record.multi_inference_log.request, run)
+            else:
+                raise ValueError(f"Unsupported log_type for warmup: {kind}")
+            count += 1
+        return count
+
+    def _load(self, model: ModelState, version: int, path) -> None:
+        name = model.config.name
+        fingerprint = version_fingerprint(path)
+        self._set(model, version, "START")
+        self._set(model, version, "LOADING")
+        log.info("loading %s version %d from %s", name, version, path)
+        start = time.monotonic()
+        servable = batcher = None
+        try:
+            servable = load_servable(name, version, path)
+            run, batcher = self._runner(servable)
+            warmed = self._warm_up(servable, run) if self.warmup else 0
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported, never raised
+            if batcher is not None:
+                batcher.stop()
+            if servable is not None:
+                servable.session.close()
+            code, message = _load_error(exc)
+            if isinstance(exc, ServingError):
+                code, message = exc.code, f"warmup failed: {exc.message}"
+            log.error("%s version %d failed to load: %s", name, version, message)
+            model.failed[version] = fingerprint
+            self._set(model, version, "END", code, message)
+            self.metrics.load_count.labels(str(path), "fail").inc()
+            return
+        with self._lock:
+            model.loaded[version] = Loaded(servable, run, batcher)
+            model.failed.pop(version, None)
+        self._set(model, version, "AVAILABLE")
+        self.metrics.load_count.labels(str(path), "success").inc()
+        log.info(
+            "%s version %d available (%.1fs, %d warmup records)",
+            name,
+            version,
+            time.monotonic() - start,
+            warmed,
+        )
+
+    def _unload(self, model: ModelState, version: int) -> None:
+        with self._lock:
+            loaded = model.loaded.pop(version, None)
+        if loaded is None:
+            return
+        self._set(model, version, "UNLOADING")
+        loaded.servable.close()  # waits for in-flight requests of this version
+        if loaded.batcher is not None:
+            loaded.batcher.stop()
+        self._set(model, version, "END")
+        log.info("%s version %d unloaded", model.config.name, version)
+
+    def _poll_model(self, model: ModelState) -> None:
+        on_disk = version_dirs(model.config.base_path)
+        aspired = aspired_versions(list(on_disk), model.config.policy)
+        if not on_disk:
+            log.warning(
+                "No versions of servable %s found under base path %s",
+                model.config.name,
+                model.config.base_path,
+            )
+        for version in aspired:
+            if version in model.loaded:
+                continue
+            if model.failed.get(version) == version_fingerprint(on_disk[version]):
+                continue  # failed before and unchanged on disk
+            self._load(model, version, on_disk[version])
+        available = [v for v in aspired if v in model.loaded]
+        for version in sorted(model.loaded):
+            if version not in aspired and (available or not aspired):
+                self._unload(model, version)
+
+    def poll(self) -> None:
+        """One pass of TF Serving's file-system source + manager: load, then unload."""
+        with self._poll_lock:
+            for model in list(self._models.values()):
+                self._poll_model(model)
+            self._apply_labels()
+
+    def _apply_labels(self) -> None:
+        problems = []
+        with self._lock:
+            for model in self._models.values():
+                labels = {}
+                for label, version in model.config.labels.items():
+                    if version in model.loaded or self.allow_labels_for_unavailable:
+                        labels[label] = version
+                    else:
+                        problems.append(
+                            f"Request to assign label to version {version} of model "
+                            f"{model.config.name}, which is not currently available for inference"
+                        )
+                        if label in model.labels:  # keep the label where it was
+                            labels[label] = model.labels[label]
+                model.labels = labels
+        if problems:
+            raise failed_precondition("; ".join(problems))
+
+    def reload_config(self, models: list[ModelConfig]) -> None:
+        """HandleReloadConfigRequest: add, update and remove models, then poll."""
+        with self._poll_lock:
+            with self._lock:
+                new = {m.name: m for m in models}
+                removed = [s for n, s in self._models.items() if n not in new]
+                for name, config in new.items():
+                    if name in self._models:
+                        self._models[name].config = config
+                    else:
+                        self._models[name] = ModelState(config)
+                for state in removed:
+                    del self._models[state.config.name]
+            for state in removed:
+                for version in list(state.loaded):
+                    self._unload(state, version)
+            for model in list(self._models.values()):
+                self._poll_model(model)
+            self._apply_labels()
+
+    # ------------------------------------------------------------ background polling
+
+    def start_polling(self, every_seconds: int, config_reader=None, config_every: int = 0) -> None:
+        if every_seconds > 0:
+            self._spawn("fs-poll", every_seconds, self._safe_poll)
+        if config_reader is not None and config_every > 0:
+            self._spawn("config-poll", config_every, lambda: self._reload_from(config_reader))
+
+    def _spawn(self, name: str, every: float, fn) -> None:
+        def loop():
+            while not self._stop.wait(every):
+                fn()
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _safe_poll(self) -> None:
+        try:
+            self.poll()
+        except ServingError as exc:
+            log.error("%s", exc.message)
+        except Exception:  # noqa: BLE001 - the poller must survive anything
+            log.exception("polling the model base paths failed")
+
+    def _reload_from(self, reader) -> None:
+        try:
+            self.reload_config(reader())
+        except Exception as exc:  # noqa: BLE001 - keep serving the previous config
+            log.error("reloading the model config failed, keeping the previous one: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with self._poll_lock:
+            for model in self._models.values():
+                for version in list(model.loaded):
+                    self._unload(model, version)

@@ -1,0 +1,213 @@
+"""HTTP/REST API with TF Serving's routes, JSON and status codes, and the Prometheus endpoint.
+
+Routes (http_rest_api_util.cc, case-insensitive):
+  POST /v1/models/<name>[/versions/<v>|/labels/<l>]:(predict|classify|regress)
+  GET  /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]
+Errors are `{"error": "<message>"}` with ToHTTPStatusCode's mapping (errors.HTTP_STATUS).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from google.protobuf import json_format
+
+from serving import json_tensor
+from serving.api import ServingApi
+from serving.errors import ServingError, from_tf_error, invalid
+from serving.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+PREDICTION_API = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE,
+)
+MODEL_STATUS_API = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE,
+)
+REST_API = re.compile(r"/v1/.*", re.IGNORECASE)
+
+
+def _json(message) -> str:
+    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=1)
+
+
+def metadata_json(response) -> str:
+    """ToJsonString(GetModelMetadataResponse): the Any unpacked, proto field names kept."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+
+    def dump(message):
+        return json_format.MessageToJson(
+            message,
+            always_print_fields_with_no_presence=True,
+            preserving_proto_field_name=True,
+            indent=1,
+        )
+
+    return (
+        '{\n"model_spec":' + dump(response.model_spec) + ',\n"metadata": {"signature_def": '
+        + dump(signature_map) + "}\n}\n"
+    )  # fmt: skip
+
+
+class RestApi:
+    """Dispatch (method, path, body) -> (HTTP status, content type, body); no sockets here."""
+
+    def __init__(self, api: ServingApi, metrics_path: str | None = None):
+        self.api = api
+        self.metrics_path = metrics_path
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+        path = urllib.parse.urlsplit(path).path
+        if method == "GET" and self.metrics_path and path == self.metrics_path:
+            return 200, CONTENT_TYPE, self.api.metrics.exposition()
+        if not REST_API.fullmatch(path):
+            return 404, "text/plain", b""
+        try:
+            text = self._dispatch(method, path, body)
+            return 200, "application/json", text.encode("utf-8")
+        except ServingError as exc:
+            return exc.http_status, "application/json", json_tensor.error_json(exc.message).encode()
+        except Exception as exc:  # noqa: BLE001 - a request never takes the server down
+            if hasattr(exc, "error_code"):
+                error = from_tf_error(exc)
+            else:
+                log.exception("internal error for %s %s", method, path)
+                error = ServingError(
+                    __import__("grpc").StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+                )
+            return (
+                error.http_status,
+                "application/json",
+                json_tensor.error_json(error.message).encode(),
+            )
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> str:
+        malformed = invalid(f"Malformed request: {method} {path}")
+        if method == "POST":
+            match = PREDICTION_API.fullmatch(path)
+            if not match:
+                raise malformed
+            name, version, label, verb = match.groups()
+            name, version, label = _decode(name, version, label)
+            doc = json_tensor.parse_json(body)
+            verb = verb.lower()
+            if verb == "predict":
+                outputs, form = self.api.predict_json(name, version, label, doc)
+                return json_tensor.predict_response(outputs, form)
+            return self._classify_or_regress(verb, name, version, label, doc)
+        if method == "GET":
+            match = MODEL_STATUS_API.fullmatch(path)
+            if not match:
+                raise malformed
+            name, version, label, sub = match.groups()
+            if not name:
+                raise invalid("Missing model name in request.")
+            name, version, label = _decode(name, version, label)
+            if sub:
+                from tensorflow_serving.apis import get_model_metadata_pb2
+
+                request = get_model_metadata_pb2.GetModelMetadataRequest(
+                    metadata_field=["signature_def"]
+                )
+                _fill_spec(request.model_spec, name, version, label)
+                return metadata_json(self.api.metadata(request, "REST"))
+            from tensorflow_serving.apis import get_model_status_pb2
+
+            request = get_model_status_pb2.GetModelStatusRequest()
+            _fill_spec(request.model_spec, name, version, label)
+            return _json(self.api.status(request))
+        raise malformed
+
+    def _classify_or_regress(self, verb, name, version, label, doc) -> str:
+        from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+        cls = (
+            classification_pb2.ClassificationRequest
+            if verb == "classify"
+            else regression_pb2.RegressionRequest
+        )
+        request = cls()
+        _fill_spec(request.model_spec, name, version, label)
+        request.model_spec.signature_name = json_tensor.signature_name(doc)
+        request.input.CopyFrom(json_tensor.classify_input(doc, verb))
+        if verb == "classify":
+            return json_tensor.classify_response(self.api.classify(request, "REST").result)
+        return json_tensor.regress_response(self.api.regress(request, "REST").result)
+
+
+def _decode(name, version, label):
+    name = urllib.parse.unquote(name)
+    label = urllib.parse.unquote(label) if label else ""
+    try:
+        number = int(version) if version else None
+    except ValueError:
+        raise invalid(f"Failed to convert version: {version} to numeric.") from None
+    return name, number, label
+
+
+def _fill_spec(spec, name, version, label) -> None:
+    spec.name = name
+    if version is not None:
+        spec.version.value = version
+    elif label:
+        spec.version_label = label
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "xfer-serve"
+    rest: RestApi
+    slots: threading.Semaphore
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with self.slots:
+            status, content_type, payload = self.rest.handle(method, self.path, body)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self._serve("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._serve("POST")
+
+    def log_message(self, fmt, *args):  # route access logs to logging, at debug level
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+
+class RestServer:
+    """A threading HTTP server in a background thread."""
+
+    def __init__(self, rest: RestApi, host: str, port: int, max_concurrent: int):
+        handler = type(
+            "Handler", (_Handler,), {"rest": rest, "slots": threading.Semaphore(max_concurrent)}
+        )
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="rest", kwargs={"poll_interval": 0.2}, daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,151 @@
+"""`xfer-serve` / `python -m serving`: the local TF-Serving-compatible model server.
+
+Start-up follows tensorflow_model_server: read flags and config files (a bad file stops the
+server with `file:line: reason`), load and warm up the aspired versions, then open the gRPC port
+(and REST with metrics if --rest_api_port); file-system and config polling run in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from serving.api import ServingApi
+from serving.config import (
+    ConfigError,
+    ServingConfig,
+    load_model_config_file,
+    parse_flags,
+    resolve,
+)
+from serving.grpc_service import build_grpc_server
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.rest import RestApi, RestServer
+
+log = logging.getLogger(__name__)
+
+
+class ModelServer:
+    """The whole server in one object, so tests can run it in-process on free ports."""
+
+    def __init__(self, config: ServingConfig):
+        self.config = config
+        flags = config.flags
+        self.metrics = Metrics()
+        self.manager = ModelManager(
+            config.models,
+            batching=config.batching,
+            metrics=self.metrics,
+            warmup=flags.enable_model_warmup,
+            allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models,
+        )
+        self.api = ServingApi(self.manager, self.metrics)
+        self.grpc_server = None
+        self.rest_server = None
+        self.health = None
+        self.grpc_port = 0
+        self.rest_port = 0
+        self._health_thread = None
+        self._stopped = threading.Event()
+
+    def start(self) -> ModelServer:
+        flags = self.config.flags
+        self.manager.poll()  # load and warm up before any port opens
+        self.grpc_server, self.grpc_port, self.health = build_grpc_server(
+            self.api,
+            f"{flags.host}:{flags.port}",
+            max_threads=flags.grpc_max_threads,
+            options=self.config.channel_options,
+            health=flags.enable_grpc_healthcheck_service,
+        )
+        self.grpc_server.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", flags.host, self.grpc_port)
+        if flags.rest_api_port:
+            prom = self.config.monitoring
+            rest = RestApi(self.api, prom.prometheus_path if prom.prometheus_enable else None)
+            self.rest_server = RestServer(
+                rest, flags.host, flags.rest_api_port, flags.rest_api_num_threads
+            )
+            self.rest_server.start()
+            self.rest_port = self.rest_server.port
+            log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, self.rest_port)
+        reader = None
+        if flags.model_config_file:
+
+            def reader():
+                return load_model_config_file(flags.model_config_file)
+
+        self.manager.start_polling(
+            flags.file_system_poll_wait_seconds, reader, flags.model_config_file_poll_wait_seconds
+        )
+        if self.health is not None:
+            self._health_thread = threading.Thread(
+                target=self._update_health, name="health", daemon=True
+            )
+            self._health_thread.start()
+        return self
+
+    def _update_health(self) -> None:
+        """Overall health: SERVING once every model has an available version."""
+        from grpc_health.v1 import health_pb2
+
+        status = health_pb2.HealthCheckResponse
+        while True:
+            serving = self.manager.is_serving()
+            value = status.SERVING if serving else status.NOT_SERVING
+            self.health.set("", value)
+            for name in self.manager.model_names():
+                self.health.set(name, value)
+            if self._stopped.wait(0.5):
+                return
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
+        if self.rest_server is not None:
+            self.rest_server.stop()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace).wait()
+        self.manager.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    flags = parse_flags(argv)
+    from export.cliargs import setup_logging
+
+    setup_logging(flags.verbose)
+    try:
+        config = resolve(flags)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        print(f"xfer-serve: error: {exc}", file=sys.stderr)
+        return 2
+    server = ModelServer(config)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"xfer-serve: error: {exc}", file=sys.stderr)
+        server.stop(0)
+        return 2
+
+    def shutdown(signum, frame):
+        log.info("signal %d: shutting down", signum)
+        threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Serving fixtures: version directories copied from the session's export, and running servers."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+MODEL = "shapes"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_version(exported_dir: Path, base: Path, version: int) -> Path:
+    """Publish a copy of an exported version as TF Serving sees publishing: temp dir, rename."""
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-export-copy-{version}"
+    shutil.copytree(exported_dir, tmp)
+    target = base / str(version)
+    tmp.rename(target)
+    return target
+
+
+def wait_for(predicate, timeout=60.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def images(shapes_root) -> dict[str, bytes]:
+    return {
+        "red": (shapes_root / "red" / "img_000.jpg").read_bytes(),
+        "green": (shapes_root / "green" / "img_001.png").read_bytes(),
+        "blue": (shapes_root / "blue" / "img_002.jpg").read_bytes(),
+    }
+
+
+@pytest.fixture(scope="session")
+def b64(images):
+    return {k: base64.b64encode(v).decode("ascii") for k, v in images.items()}
+
+
+@pytest.fixture(scope="session")
+def model_base(exported, tmp_path_factory) -> Path:
+    """`shapes/1` and `shapes/2`: the exported version, copied (no second export)."""
+    base = tmp_path_factory.mktemp("served") / MODEL
+    copy_version(exported.path, base, 1)
+    copy_version(exported.path, base, 2)
+    return base
+
+
+def start_server(argv: list[str]):
+    from serving.config import parse_flags, resolve
+    from serving.server import ModelServer
+
+    return ModelServer(resolve(parse_flags(argv))).start()
+
+
+@pytest.fixture(scope="session")
+def server(model_base, tmp_path_factory):
+    """Versions 1 and 2 (labels stable=1, canary=2), batching and Prometheus enabled."""
+    configs = tmp_path_factory.mktemp("configs")
+    (configs / "models.config").write_text(
+        "model_config_list {\n"
+        "  config {\n"
+        f'    name: "{MODEL}"\n'
+        f'    base_path: "{model_base}"\n'
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy { specific { versions: 1 versions: 2 } }\n"
+        '    version_labels { key: "stable" value: 1 }\n'
+        '    version_labels { key: "canary" value: 2 }\n'
+        "  }\n"
+        "}\n"
+    )
+    (configs / "batching.config").write_text(
+        "max_batch_size { value: 8 }\n"
+        "batch_timeout_micros { value: 100000 }\n"
+        "max_enqueued_batches { value: 100 }\n"
+        "num_batch_threads { value: 2 }\n"
+        "allowed_batch_sizes: 2\nallowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
+    )
+    (configs / "monitoring.config").write_text(
+        'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n'
+    )
+    srv = start_server(
+        [
+            f"--port={free_port()}",
+            f"--rest_api_port={free_port()}",
+            "--host=127.0.0.1",
+            f"--model_config_file={configs / 'models.config'}",
+            "--enable_batching",
+            f"--batching_parameters_file={configs / 'batching.config'}",
+            f"--monitoring_config_file={configs / 'monitoring.config'}",
+            "--file_system_poll_wait_seconds=0",
+        ]
+    )
+    yield srv
+    srv.stop(0)
+
+
+@pytest.fixture(scope="session")
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def model_stub(channel):
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    return model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def rest_url(server) -> str:
+    return f"http://127.0.0.1:{server.rest_port}"

@@ -1,0 +1,85 @@
+"""The batcher's contract: merge, pad to allowed sizes, split back, refuse when full."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.batching import Batcher, merge, padded_size, split
+from serving.config import BatchingOptions
+from serving.errors import ServingError
+
+
+def test_padding_merge_and_split():
+    assert [padded_size(n, (2, 4, 8)) for n in (1, 2, 3, 5, 8)] == [2, 2, 4, 8, 8]
+    assert padded_size(3, ()) == 3
+
+    class T:
+        def __init__(self, rows):
+            self.feeds = {"x": np.array(rows)}
+
+    merged = merge([T([1, 2]), T([3])], 4)
+    assert merged["x"].tolist() == [1, 2, 3, 1]  # padded with the first row
+    parts = split([merged["x"] * 10], [2, 1])
+    assert [p[0].tolist() for p in parts] == [[10, 20], [30]]
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_rows():
+    calls = []
+
+    def model(feeds, fetches):
+        calls.append(len(feeds["x"]))
+        return [feeds["x"] * 2]
+
+    options = BatchingOptions(
+        max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1,
+        allowed_batch_sizes=(4, 8),
+    )  # fmt: skip
+    batcher = Batcher(options, model)
+    results = {}
+
+    def one(i):
+        results[i] = batcher.run({"x": np.array([i, i])}, ["y"])[0].tolist()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.stop()
+    assert results == {i: [2 * i, 2 * i] for i in range(3)}
+    assert calls == [8]  # 3 requests x 2 rows = 6, padded to the allowed size 8
+
+
+def test_oversized_task_and_full_queue():
+    release = threading.Event()
+
+    def slow(feeds, fetches):
+        release.wait(10)
+        return [feeds["x"]]
+
+    options = BatchingOptions(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1)
+    batcher = Batcher(options, slow)
+    with pytest.raises(ServingError) as info:
+        batcher.run({"x": np.arange(3)}, ["y"])
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "larger than maximum input batch size 2" in info.value.message
+    threads = [
+        threading.Thread(target=batcher.run, args=({"x": np.arange(2)}, ["y"])) for _ in range(2)
+    ]
+    threads[0].start()
+    time.sleep(0.3)  # first batch running (blocked), the queue is empty again
+    threads[1].start()
+    time.sleep(0.3)  # second batch enqueued: the queue is at max_enqueued_batches
+    with pytest.raises(ServingError) as info:
+        batcher.run({"x": np.arange(2)}, ["y"])
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "queue to which this task was submitted is full" in info.value.message
+    release.set()
+    for t in threads:
+        t.join()
+    batcher.stop()
