@@ -182,17 +182,16 @@ class ReadClassFolderFile(beam.DoFn):
         under_root = uri[len(self.root) :].lstrip("/") if uri.startswith(self.root) else uri
         parsed = parse_path(under_root, self.explicit)
         if parsed is None:
-            return  # hidden file, or not inside a class folder: not part of the dataset
+            return []  # hidden file, or not inside a class folder: not part of the dataset
         split_dir, label, relative = parsed
         try:
             data = readable.read()
         except Exception as exc:  # noqa: BLE001 - any I/O failure becomes an error row
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))
-            return
+            return [beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))]
         self.read.inc()
         split = split_of(relative, split_dir, self.split, self.has_validation)
-        yield ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)
+        return [ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)]
 
 
 def parse_list_line(line: str, base_dir: str) -> tuple[str, str, str | None] | None:
@@ -222,18 +221,16 @@ class ReadListedFile(beam.DoFn):
         uri, label, split = entry
         if not label:
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput("errors", error_row(uri, "no label in the list"))
-            return
+            return [beam.pvalue.TaggedOutput("errors", error_row(uri, "no label in the list"))]
         try:
             with FileSystems.open(uri, compression_type="uncompressed") as f:
                 data = f.read()
         except Exception as exc:  # noqa: BLE001
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))
-            return
+            return [beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))]
         self.read.inc()
         split = split or split_of(posixpath.basename(uri), None, self.split)
-        yield ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)
+        return [ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)]
 
 
 # ------------------------------------------------------------------------- decode and features
@@ -257,9 +254,8 @@ class DecodeForBackbone(beam.DoFn):
         image, reason = self._preprocess(record.data)
         if reason is not None:
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput("errors", error_row(record.uri, reason))
-            return
-        yield ImageKey(record.uri, record.label, record.split, record.sha256), image
+            return [beam.pvalue.TaggedOutput("errors", error_row(record.uri, reason))]
+        return [(ImageKey(record.uri, record.label, record.split, record.sha256), image)]
 
 
 class BackboneModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
@@ -301,32 +297,36 @@ def inference_errors(failed: tuple) -> Iterable[dict]:
 # ----------------------------------------------------------------------------- duplicates
 
 
-class KeepOneCopy(beam.DoFn):
+class FindCopies(beam.DoFn):
     """Identical bytes seen more than once: keep the copy with the smallest URI, report the rest.
 
-    Copies in different splits are train/test leakage; they are reported as such.
+    Works on (sha256, [(uri, split)]) only, so de-duplication never shuffles images or features;
+    the dropped URIs are filtered out of the feature rows through a side input. Copies in
+    different splits are train/test leakage and are reported as such.
     """
 
     def __init__(self):
         self.dropped = Metrics.counter(NAMESPACE, "duplicates_dropped")
 
     def process(self, element):
-        sha256, rows = element
-        rows = sorted(rows, key=lambda row: row[0].uri)
-        yield rows[0]
-        if len(rows) > 1:
-            self.dropped.inc(len(rows) - 1)
-            splits = sorted({key.split for key, _ in rows})
-            yield beam.pvalue.TaggedOutput(
-                "duplicates",
-                {
-                    "sha256": sha256,
-                    "kept": rows[0][0].uri,
-                    "dropped": [key.uri for key, _ in rows[1:]],
-                    "splits": splits,
-                    "leakage": len(splits) > 1,
-                },
-            )
+        sha256, copies = element
+        copies = sorted(copies)
+        if len(copies) > 1:
+            self.dropped.inc(len(copies) - 1)
+            splits = sorted({split for _, split in copies})
+            yield {
+                "sha256": sha256,
+                "kept": copies[0][0],
+                "dropped": [uri for uri, _ in copies[1:]],
+                "splits": splits,
+                "leakage": len(splits) > 1,
+            }
+            for uri, _ in copies[1:]:
+                yield beam.pvalue.TaggedOutput("dropped", (uri, sha256))
+
+
+def not_dropped(row, dropped: dict) -> bool:
+    return row[0].uri not in dropped
 
 
 # --------------------------------------------------------------------------------- writing
@@ -447,17 +447,21 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
         lambda key, result: (key, np.asarray(result.inference, dtype=np.float32))
     )
 
-    deduplicated = (
-        features
-        | "BySha256" >> beam.Map(lambda row: (row[0].sha256, row))
+    copies = (
+        records.ok
+        | "CopyKey" >> beam.Map(lambda r: (r.sha256, (r.uri, r.split)))
         | "GroupCopies" >> beam.GroupByKey()
-        | "KeepOneCopy" >> beam.ParDo(KeepOneCopy()).with_outputs("duplicates", main="rows")
+        | "FindCopies" >> beam.ParDo(FindCopies()).with_outputs("dropped", main="duplicates")
     )
-    rows = deduplicated.rows
-
+    rows = features | "DropCopies" >> beam.Filter(
+        not_dropped, dropped=beam.pvalue.AsDict(copies.dropped)
+    )
+    # Labels come from what was read, not from the features, so that writing examples never
+    # waits for (and never buffers) every feature row. A class whose images all fail to decode
+    # keeps its label id; the trainer then names it as a class without decodable images.
     labels = (
-        rows
-        | "Label" >> beam.Map(lambda row: row[0].label)
+        records.ok
+        | "Label" >> beam.Map(lambda record: record.label)
         | "DistinctLabels" >> beam.Distinct()
         | "AllLabels" >> beam.combiners.ToList()
         | "Sort" >> beam.Map(sorted)
@@ -501,13 +505,13 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
             labels=beam.pvalue.AsSingleton(labels),
             counts=beam.pvalue.AsList(counts),
             errors=beam.pvalue.AsSingleton(error_count),
-            duplicates=beam.pvalue.AsList(deduplicated.duplicates),
+            duplicates=beam.pvalue.AsList(copies.duplicates),
             feature_dims=beam.pvalue.AsList(feature_dims),
             shards=beam.pvalue.AsList(shards),
             info=options_info,
         )
     )
-    return Outputs(rows, errors, deduplicated.duplicates, labels, metadata_path)
+    return Outputs(rows, errors, copies.duplicates, labels, metadata_path)
 
 
 def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:

@@ -151,12 +151,11 @@ class ToScoredRow(beam.DoFn):
         uri, result = element
         if "error" in result.inference:
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                "errors", {"uri": uri, "error": result.inference["error"]}
-            )
-            return
+            return [
+                beam.pvalue.TaggedOutput("errors", {"uri": uri, "error": result.inference["error"]})
+            ]
         self.scored.inc()
-        yield {"uri": uri, **result.inference, "model_version": self.model_version}
+        return [{"uri": uri, **result.inference, "model_version": self.model_version}]
 
 
 class ReadUri(beam.DoFn):
