@@ -6,7 +6,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from testconfig import FAST_TRAINING, TINY
 
@@ -33,7 +33,7 @@ def test_pipeline_outputs_errors_duplicates_and_leakage(dup_root, tmp_path):
     red_copy = next(p for p in (dup_root / "red").glob("copy_*"))
     green_copy = next(p for p in (dup_root / "green").glob("copy_*"))
     original = dup_root / "red" / "img_001.png"
-    with TestPipeline() as p:
+    with test_pipeline.TestPipeline() as p:
         outputs = bottlenecks.run(
             ["--input", str(dup_root), "--output", str(tmp_path / "out"), *TINY_ARGS],
             test_pipeline=p,
