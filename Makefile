@@ -31,7 +31,7 @@ OUT ?= out/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test lint pytest demo export serve bottlenecks bench clean
+.PHONY: venv test lint pytest k8s-check demo export serve bottlenecks bench clean
 
 venv: $(STAMP)
 
@@ -54,7 +54,33 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
+# kubectl (with kustomize) is what k8s-check needs from the machine; without it the check is
+# skipped with a message, everything else still runs.
 test: lint pytest
+	@if command -v kubectl >/dev/null 2>&1; then $(MAKE) --no-print-directory k8s-check; \
+	else echo "k8s-check skipped: kubectl not installed"; fi
+
+# Offline validation of the deployment: both overlays rendered with kustomize, validated
+# strictly against Kubernetes $(K8S_VERSION) and by checkov; the Dockerfiles by hadolint.
+K8S_VERSION ?= 1.32.0
+K8S_TOOLS := .venv-k8s
+K8S_STAMP := $(K8S_TOOLS)/.installed
+RENDERED := build/k8s
+
+$(K8S_STAMP):
+	test -x $(K8S_TOOLS)/bin/python || $(PYTHON) -m venv $(K8S_TOOLS)
+	$(K8S_TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(K8S_TOOLS)/bin/python -m pip install --quiet 'checkov>=3.2,<4' 'kubernetes-validate>=1.31,<2'
+	touch $(K8S_STAMP)
+
+k8s-check: $(K8S_STAMP) $(STAMP)
+	rm -rf $(RENDERED) && mkdir -p $(RENDERED)
+	kubectl kustomize serving/k8s/overlays/gpu > $(RENDERED)/gpu.yaml
+	kubectl kustomize serving/k8s/overlays/cpu > $(RENDERED)/cpu.yaml
+	$(K8S_TOOLS)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(RENDERED)/*.yaml
+	BC_SKIP_MAPPING=TRUE $(K8S_TOOLS)/bin/checkov --directory $(RENDERED) --framework kubernetes \
+		--skip-download --compact --quiet
+	$(BIN)/hadolint serving/Dockerfile beam_jobs/Dockerfile
 
 export: $(STAMP)
 	$(BIN)/xfer-export $(if $(BOTTLENECKS),--bottlenecks $(BOTTLENECKS),--data $(DATA) \
@@ -75,7 +101,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh $(OUT)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(K8S_TOOLS) build *.egg-info .pytest_cache .ruff_cache
 
 # Benchmarks: ratios measured in one run, written to bench-results.json (never asserted in tests).
 bench: $(STAMP)

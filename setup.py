@@ -60,6 +60,7 @@ setup(
             "xfer-backbones=export.backbones:main",
             "xfer-sample-data=export.sample_data:main",
             "xfer-serve=serving.server:main",
+            "xfer-serving-configs=serving.deploy_configs:main",
             "xfer-bottlenecks=beam_jobs.bottlenecks:main",
             "xfer-beam-predict=beam_jobs.predict:main",
         ],
