@@ -230,12 +230,27 @@ def test_kill_9_during_export_leaves_no_integer_directory(shapes_root, tmp_path)
     assert list(base.iterdir()) == []
 
 
-def test_make_export_variables_reach_the_cli():
-    # `make -n` shows the command `make export` would run, without running it.
+def _make_n(*args) -> list[str]:
+    """The xfer-export command line that `make -n` shows, as tokens (nothing is run)."""
     out = subprocess.run(
-        [
-            "make",
-            "-n",
+        ["make", "-n", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        check=True,
+    ).stdout
+    tokens = out.replace("\\\n", " ").split()
+    start = next(i for i, t in enumerate(tokens) if t.endswith("xfer-export"))
+    return tokens[start + 1 :]
+
+
+def _flags(tokens: list[str]) -> dict[str, str]:
+    return dict(zip(tokens[::2], tokens[1::2]))
+
+
+def test_make_export_variables_reach_the_cli():
+    flags = _flags(
+        _make_n(
             "export",
             "DATA=imgs",
             "BACKBONE=mobilenet_v2",
@@ -244,13 +259,24 @@ def test_make_export_variables_reach_the_cli():
             "MODEL_NAME=m",
             "MODEL_BASE_PATH=models/m",
             "IMAGE_SIZE=96",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[2],
-        check=True,
-    ).stdout
-    assert (
-        "xfer-export --data imgs --backbone mobilenet_v2 --weights none --epochs 1 "
-        "--model-name m --model-base-path models/m --image-size 96"
-    ) in " ".join(out.replace("\\\n", " ").split())
+        )
+    )
+    assert flags == {
+        "--data": "imgs",
+        "--backbone": "mobilenet_v2",
+        "--weights": "none",
+        "--image-size": "96",
+        "--epochs": "1",
+        "--model-name": "m",
+        "--model-base-path": "models/m",
+    }
+
+
+def test_make_export_from_cached_bottlenecks():
+    flags = _flags(_make_n("export", "BOTTLENECKS=out/b", "EPOCHS=3", "MODEL_NAME=m"))
+    assert flags == {
+        "--bottlenecks": "out/b",
+        "--epochs": "3",
+        "--model-name": "m",
+        "--model-base-path": "models/m",
+    }
