@@ -41,6 +41,11 @@ class ExportConfig(TrainConfig):
     warmup_images: int = opt(5, "validation images replayed as TF Serving warmup requests")
     gate_images: int = opt(32, "validation images the gate queries the loaded model with")
     parity_tolerance: float = opt(1e-5, "max |scores(SavedModel) - scores(Keras)| to publish")
+    imagenet_head: bool = opt(
+        False,
+        "publish the pretrained ImageNet classifier (efficientnet_lite0) untrained; "
+        "--data, if given, only supplies gate/warmup images",
+    )
 
     @property
     def base_path(self) -> Path:
@@ -81,7 +86,7 @@ def model_card(config: ExportConfig, result: TrainResult) -> dict:
         },
         "preprocessing": config.preprocessor().describe(),
         "head": {
-            "kind": config.head,
+            "kind": "imagenet (pretrained classifier)" if config.imagenet_head else config.head,
             "hidden_units": config.hidden_units,
             "dropout": config.dropout,
         },
@@ -121,6 +126,10 @@ def model_card(config: ExportConfig, result: TrainResult) -> dict:
 
 def export_model(config: ExportConfig, result: TrainResult | None = None) -> ExportResult:
     """Train (unless `result` is given), then publish the next version; raises on a failed gate."""
+    if result is None and config.imagenet_head:
+        from export.pretrained import imagenet_result
+
+        result = imagenet_result(config)
     if result is None:
         run_dir = config.run_dir or str(
             Path("runs") / config.model_name / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
