@@ -56,3 +56,11 @@ def exported(export_config, trained):
     from export.exporter import export_model
 
     return export_model(export_config, result=trained)
+
+
+def pytest_addoption(parser):
+    """The contract suite's flags, accepted by every pytest invocation."""
+    sys.path.insert(0, str(Path(__file__).parent / "contract"))
+    from contract_options import add_options
+
+    add_options(parser)
