@@ -106,3 +106,4 @@ clean:
 # Benchmarks: ratios measured in one run, written to bench-results.json (never asserted in tests).
 bench: $(STAMP)
 	$(BIN)/python bench/beam_bench.py
+	$(BIN)/python bench/serving_bench.py

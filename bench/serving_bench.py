@@ -1,0 +1,185 @@
+"""The local server vs the same SavedModel in process, on the same images.
+
+  served_vs_inprocess  concurrent gRPC Predict images/s (server-side batching, 8 clients sending
+                       one image each) / in-process images/s (batches of the server's max size)
+  warm_first_vs_p50    latency of the first request after a version loads / steady p50 at
+                       concurrency 1 (warmup works when this is near 1)
+Also: latency p50/p95/p99 at concurrency 1 and 8.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from beam_bench import make_images  # noqa: E402
+from common import record  # noqa: E402
+
+MODEL = "digits"
+MAX_BATCH = 16
+CONCURRENCY = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def export(images: Path, base: Path) -> Path:
+    from export.exporter import ExportConfig, export_model
+
+    config = ExportConfig(
+        data=str(images),
+        backbone="mobilenet_v2",
+        weights="none",
+        image_size=96,
+        alpha=0.35,
+        epochs=3,
+        model_name=MODEL,
+        model_base_path=str(base),
+        run_dir=str(base.parent / "run"),
+        progress=False,
+    )
+    return export_model(config).path
+
+
+def in_process(version_dir: Path, payloads: list[bytes]) -> float:
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    serve(image_bytes=tf.constant(payloads[:MAX_BATCH]))  # trace once, as warmup does
+    started = time.perf_counter()
+    for i in range(0, len(payloads), MAX_BATCH):
+        serve(image_bytes=tf.constant(payloads[i : i + MAX_BATCH]))["scores"].numpy()
+    return len(payloads) / (time.perf_counter() - started)
+
+
+def start_server(base: Path, configs: Path) -> tuple[subprocess.Popen, int]:
+    (configs / "batching.config").write_text(
+        f"max_batch_size {{ value: {MAX_BATCH} }}\n"
+        "batch_timeout_micros { value: 2000 }\n"
+        "max_enqueued_batches { value: 1000 }\n"
+        "num_batch_threads { value: 2 }\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            f"--port={port}",
+            "--host=127.0.0.1",
+            f"--model_name={MODEL}",
+            f"--model_base_path={base}",
+            "--enable_batching",
+            f"--batching_parameters_file={configs / 'batching.config'}",
+            "--file_system_poll_wait_seconds=0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    return proc, port
+
+
+def wait_until_available(stub_status, deadline: float = 180.0) -> None:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    until = time.monotonic() + deadline
+    while time.monotonic() < until:
+        try:
+            status = stub_status.GetModelStatus(request, timeout=5)
+            if any(v.state == v.AVAILABLE for v in status.model_version_status):
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not load the model in time")
+
+
+def served(port: int, payloads: list[bytes]) -> dict:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import (
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    wait_until_available(model_service_pb2_grpc.ModelServiceStub(channel))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    tensors = [tf.make_tensor_proto([p]) for p in payloads]
+
+    def call(i: int) -> float:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        request.inputs["image_bytes"].CopyFrom(tensors[i % len(tensors)])
+        started = time.perf_counter()
+        stub.Predict(request, timeout=60)
+        return time.perf_counter() - started
+
+    first = call(0)  # the first request after the version loaded (and was warmed up)
+    sequential = [call(i) for i in range(1, 201)]
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        started = time.perf_counter()
+        concurrent = list(pool.map(call, range(len(payloads))))
+        rate = len(payloads) / (time.perf_counter() - started)
+    channel.close()
+
+    def pct(values, q):
+        return float(np.percentile(values, q) * 1000)
+
+    return {
+        "first_ms": first * 1000,
+        "c1": {q: pct(sequential, q) for q in (50, 95, 99)},
+        "c8": {q: pct(concurrent, q) for q in (50, 95, 99)},
+        "rate": rate,
+    }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="xfer-bench-serving-") as tmp:
+        tmp = Path(tmp)
+        images = make_images(tmp / "digits", 1)
+        payloads = [p.read_bytes() for p in sorted(images.rglob("*.png"))]
+        version_dir = export(images, tmp / "models" / MODEL)
+        proc, port = start_server(version_dir.parent, tmp)
+        try:
+            remote = served(port, payloads)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        # After the server stopped: the in-process figure has the machine to itself too.
+        local_rate = in_process(version_dir, payloads)
+    record(
+        f"serving (local server, gRPC, batching max {MAX_BATCH}, {CONCURRENCY} clients x 1 image)",
+        {
+            "served_vs_inprocess": remote["rate"] / local_rate,
+            "warm_first_vs_p50": remote["first_ms"] / remote["c1"][50],
+        },
+        {
+            "images": len(payloads),
+            "inprocess_images_per_s": local_rate,
+            "served_images_per_s": remote["rate"],
+            "first_request_ms": remote["first_ms"],
+            **{f"latency_ms_c1_p{q}": v for q, v in remote["c1"].items()},
+            **{f"latency_ms_c{CONCURRENCY}_p{q}": v for q, v in remote["c8"].items()},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
