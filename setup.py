@@ -61,6 +61,8 @@ setup(
             "xfer-sample-data=export.sample_data:main",
             "xfer-serve=serving.server:main",
             "xfer-serving-configs=serving.deploy_configs:main",
+            "xfer-score=client.cli:main",
+            "xfer-evaluate=client.evaluate:main",
             "xfer-bottlenecks=beam_jobs.bottlenecks:main",
             "xfer-beam-predict=beam_jobs.predict:main",
         ],

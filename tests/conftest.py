@@ -64,3 +64,36 @@ def pytest_addoption(parser):
     from contract_options import add_options
 
     add_options(parser)
+
+
+@pytest.fixture(scope="session")
+def served_base(exported, tmp_path_factory) -> Path:
+    """`<model>/1` and `<model>/2`: the exported version, copied (no second export)."""
+    from servertools import copy_version
+
+    base = tmp_path_factory.mktemp("served") / exported.path.parent.name
+    copy_version(exported.path, base, 1)
+    copy_version(exported.path, base, 2)
+    return base
+
+
+@pytest.fixture(scope="session")
+def two_version_server(served_base, tmp_path_factory):
+    """The local server with versions 1 and 2 (labels stable=1, canary=2), gRPC and REST on free
+    ports, no batching: what the client and contract tests talk to."""
+    from servertools import free_port, start_server, two_version_config
+
+    config = two_version_config(
+        tmp_path_factory.mktemp("configs") / "models.config", served_base.name, served_base
+    )
+    server = start_server(
+        [
+            f"--port={free_port()}",
+            f"--rest_api_port={free_port()}",
+            "--host=127.0.0.1",
+            f"--model_config_file={config}",
+            "--file_system_poll_wait_seconds=0",
+        ]
+    )
+    yield server
+    server.stop(0)

@@ -19,7 +19,6 @@ Without a target, a session fixture publishes the session's exported model as ve
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -38,18 +37,11 @@ from contract_support import (
 from contract_support import (
     metadata_request as metadata_request_for,
 )
-
-LOCAL_VERSION_LABELS = {"stable": 1, "canary": 2}
+from servertools import LABELS as LOCAL_VERSION_LABELS  # noqa: E402  (the shared server's)
 
 
 def pytest_addoption(parser):
     add_options(parser)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _class_labels(text: str | None) -> list[str] | None:
@@ -70,13 +62,6 @@ def _generated_samples(directory: Path) -> Path:
     (directory / "sample.jpg").write_bytes(encode(square_image((220, 40, 40), 64, rng), "JPEG"))
     (directory / "sample.png").write_bytes(encode(square_image((40, 60, 220), 64, rng), "PNG"))
     return directory
-
-
-def _publish(version_dir: Path, base: Path, version: int) -> None:
-    """Copy an exported version to base/<version> as publishing does: temp sibling, rename."""
-    tmp = base / f".tmp-contract-{version}"
-    shutil.copytree(version_dir, tmp)
-    tmp.rename(base / str(version))
 
 
 @pytest.fixture(scope="session")
@@ -112,21 +97,8 @@ def _local_target(request, tmp_path_factory):
     """Versions 1 and 2 of the session's export behind the local server, on free ports."""
     exported = request.getfixturevalue("exported")
     shapes_root = request.getfixturevalue("shapes_root")
-    model = request.getfixturevalue("export_config").model_name
-    base = tmp_path_factory.mktemp("contract-models") / model
-    base.mkdir()
-    for version in (1, 2):
-        _publish(Path(exported.path), base, version)
-    labels = "".join(
-        f'    version_labels {{ key: "{k}" value: {v} }}\n' for k, v in LOCAL_VERSION_LABELS.items()
-    )
-    model_config = base.parent / "models.config"
-    model_config.write_text(
-        "model_config_list {\n  config {\n"
-        f'    name: "{model}"\n    base_path: "{base}"\n    model_platform: "tensorflow"\n'
-        "    model_version_policy { specific { versions: 1 versions: 2 } }\n"
-        f"{labels}  }}\n}}\n"
-    )
+    server = request.getfixturevalue("two_version_server")
+    model = request.getfixturevalue("served_base").name
     # sample images: one JPEG and one PNG per class, in class folders, as a user would pass them
     samples_dir = tmp_path_factory.mktemp("contract-samples")
     for class_dir in sorted(p for p in shapes_root.iterdir() if p.is_dir()):
@@ -139,35 +111,16 @@ def _local_target(request, tmp_path_factory):
         for path in kinds.values():
             shutil.copy(path, samples_dir / class_dir.name / path.name)
 
-    from serving.config import parse_flags, resolve
-    from serving.server import ModelServer
-
-    server = ModelServer(
-        resolve(
-            parse_flags(
-                [
-                    f"--port={free_port()}",
-                    f"--rest_api_port={free_port()}",
-                    "--host=127.0.0.1",
-                    f"--model_config_file={model_config}",
-                    "--file_system_poll_wait_seconds=0",
-                ]
-            )
-        )
-    ).start()
     labels_txt = Path(exported.path) / "assets" / "labels.txt"
-    try:
-        yield Target(
-            grpc_target=f"127.0.0.1:{server.grpc_port}",
-            rest_url=f"http://127.0.0.1:{server.rest_port}",
-            model=model,
-            samples=load_samples(samples_dir),
-            class_labels=_class_labels(str(labels_txt)),
-            version_labels=dict(LOCAL_VERSION_LABELS),
-            managed=True,
-        )
-    finally:
-        server.stop(0)
+    yield Target(
+        grpc_target=f"127.0.0.1:{server.grpc_port}",
+        rest_url=f"http://127.0.0.1:{server.rest_port}",
+        model=model,
+        samples=load_samples(samples_dir),
+        class_labels=_class_labels(str(labels_txt)),
+        version_labels=dict(LOCAL_VERSION_LABELS),
+        managed=True,
+    )
 
 
 # ---------------------------------------------------------------- clients

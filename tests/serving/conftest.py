@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 import base64
-import shutil
-import socket
-import time
 from pathlib import Path
 
 import grpc
 import pytest
-
-MODEL = "shapes"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def copy_version(exported_dir: Path, base: Path, version: int) -> Path:
-    """Publish a copy of an exported version as TF Serving sees publishing: temp dir, rename."""
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-export-copy-{version}"
-    shutil.copytree(exported_dir, tmp)
-    target = base / str(version)
-    tmp.rename(target)
-    return target
-
-
-def wait_for(predicate, timeout=60.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from servertools import free_port, start_server
+from testconfig import MODEL
 
 
 @pytest.fixture(scope="session")
@@ -55,19 +26,9 @@ def b64(images):
 
 
 @pytest.fixture(scope="session")
-def model_base(exported, tmp_path_factory) -> Path:
+def model_base(served_base) -> Path:
     """`shapes/1` and `shapes/2`: the exported version, copied (no second export)."""
-    base = tmp_path_factory.mktemp("served") / MODEL
-    copy_version(exported.path, base, 1)
-    copy_version(exported.path, base, 2)
-    return base
-
-
-def start_server(argv: list[str]):
-    from serving.config import parse_flags, resolve
-    from serving.server import ModelServer
-
-    return ModelServer(resolve(parse_flags(argv))).start()
+    return served_base
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import MODEL
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -19,6 +18,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
     regression_pb2,
 )
+from testconfig import MODEL
 
 
 def predict_request(images, version=None, label=None, signature=""):

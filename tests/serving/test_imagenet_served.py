@@ -15,7 +15,7 @@ PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 @pytest.mark.slow
 def test_imagenet_head_is_published_and_served(tmp_path, monkeypatch):
-    from conftest import free_port, start_server
+    from servertools import free_port, start_server
 
     from export.export_cli import main as export_main
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 import tensorflow as tf
-from conftest import MODEL, copy_version, free_port, start_server, wait_for
+from servertools import copy_version, free_port, start_server, wait_for
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from testconfig import MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,284 @@
+"""Orchestration: stream items → byte/count-bounded batches → bounded requests in flight → rows.
+
+Memory stays flat: items are read lazily, at most `concurrency` requests (and one batch being
+filled) exist at a time, and rows are handed out as soon as their request returns. A batch the
+server refuses with INVALID_ARGUMENT is bisected until the bad image(s) are alone, so one corrupt
+file costs its own row and a few extra requests, never its batch-mates' results.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+
+from client.batching import batches, bisect, fits_alone, request_bytes
+from client.config import ScoreConfig
+from client.inputs import Item, iter_items
+from client.retry import RetryPolicy, RpcError, call_with_retry
+
+log = logging.getLogger(__name__)
+
+# Codes that no retry and no batch split can fix: stop the run rather than write a row per image.
+FATAL = frozenset(
+    {"NOT_FOUND", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "FAILED_PRECONDITION"}
+)
+
+
+class ScoringAborted(RuntimeError):
+    """The server refuses every request (unknown model, version, signature, credentials)."""
+
+
+class LatencyReservoir:
+    """A uniform sample of request latencies (Vitter's algorithm R): percentiles in O(1) memory."""
+
+    def __init__(self, capacity: int = 10000, seed: int = 0):
+        self.capacity = capacity
+        self.samples: list[float] = []
+        self.count = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.count += 1
+            if len(self.samples) < self.capacity:
+                self.samples.append(seconds)
+            else:
+                slot = self._rng.randrange(self.count)
+                if slot < self.capacity:
+                    self.samples[slot] = seconds
+
+    def percentiles_ms(self) -> dict[str, float | None]:
+        with self._lock:
+            ordered = sorted(self.samples)
+        if not ordered:
+            return {"p50": None, "p95": None, "p99": None}
+
+        def pick(q: float) -> float:
+            index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+            return round(ordered[index] * 1000, 2)
+
+        return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    scored: int = 0
+    failed: int = 0
+    skipped: int = 0  # already in the output (--resume)
+    requests: int = 0
+    retries: int = 0
+    elapsed_s: float = 0.0
+    images_per_s: float = 0.0
+    latency_ms: dict = field(default_factory=dict)
+    model_versions: dict = field(default_factory=dict)  # version (str) -> rows
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lat = self.latency_ms or {}
+        versions = ", ".join(f"{v}: {n}" for v, n in sorted(self.model_versions.items())) or "-"
+        return (
+            f"total {self.total}  scored {self.scored}  failed {self.failed}"
+            f"  skipped {self.skipped} (resume)\n"
+            f"{self.images_per_s:.1f} images/s over {self.elapsed_s:.1f}s, {self.requests} requests"
+            f" ({self.retries} retries); latency p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms,"
+            f" p99 {lat.get('p99')} ms\nmodel versions: {versions}"
+        )
+
+
+def row_for(item: Item, *, labels=None, scores=None, version=None, error=None) -> dict:
+    """One output row in the scored-output schema (DESIGN.md)."""
+    row: dict = {"uri": item.uri}
+    if item.label is not None:
+        row["label"] = item.label
+    if error is not None:
+        row["error"] = error
+    else:
+        row["labels"] = labels
+        row["scores"] = scores
+        row["model_version"] = version
+    return row
+
+
+class Scorer:
+    """Scores items through a transport; thread-safe `score_batch`, streaming `results`."""
+
+    def __init__(self, config: ScoreConfig, transport=None):
+        from client.transport import make_transport
+
+        self.config = config
+        self.transport = transport or make_transport(config)
+        self.policy = RetryPolicy(config.max_retries, config.initial_backoff, config.max_backoff)
+        self.latency = LatencyReservoir()
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.retries = 0
+
+    def _predict(self, images: list[bytes], attempt: int):
+        start = time.perf_counter()
+        try:
+            return self.transport.predict(images, attempt)
+        finally:
+            self.latency.add(time.perf_counter() - start)
+            with self._lock:
+                self.requests += 1
+
+    def _on_retry(self, exc: RpcError) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def score_batch(self, items: list[Item]) -> list[dict]:
+        images = [item.data for item in items]
+        try:
+            prediction = call_with_retry(
+                lambda attempt: self._predict(images, attempt), self.policy, on_retry=self._on_retry
+            )
+        except RpcError as exc:
+            if exc.code == "INVALID_ARGUMENT":
+                if len(items) == 1:
+                    return [row_for(items[0], error=f"{exc.code}: {exc.message}")]
+                left, right = bisect(items)
+                log.debug("INVALID_ARGUMENT on %d images: bisecting", len(items))
+                return self.score_batch(left) + self.score_batch(right)
+            if exc.code in FATAL:
+                raise ScoringAborted(f"{exc.code}: {exc.message}") from None
+            suffix = f" (after {exc.attempts} attempts)" if exc.attempts > 1 else ""
+            return [row_for(item, error=f"{exc.code}: {exc.message}{suffix}") for item in items]
+        if len(prediction.labels) != len(items) or len(prediction.scores) != len(items):
+            error = f"server returned {len(prediction.labels)} rows for {len(items)} images"
+            return [row_for(item, error=error) for item in items]
+        return [
+            row_for(item, labels=labels, scores=scores, version=prediction.model_version)
+            for item, labels, scores in zip(items, prediction.labels, prediction.scores)
+        ]
+
+    def results(self, items: Iterable[Item]) -> Iterator[dict]:
+        """Rows as requests complete (not in input order); at most `concurrency` in flight."""
+        config = self.config
+        max_bytes = config.max_message_bytes
+        immediate: deque[dict] = deque()  # rows decided without a request
+
+        def sendable() -> Iterator[Item]:
+            for item in items:
+                if item.error is not None:
+                    immediate.append(row_for(item, error=item.error))
+                elif not fits_alone(item.size, max_bytes):
+                    immediate.append(
+                        row_for(
+                            item,
+                            error=f"file is {item.size} bytes: a request with it would be "
+                            f"{request_bytes([item.size])} bytes, over the limit of {max_bytes} "
+                            f"(--max-message-mb {config.max_message_mb})",
+                        )
+                    )
+                else:
+                    yield item
+
+        pending: set[Future] = set()
+        with ThreadPoolExecutor(config.concurrency, thread_name_prefix="score") as pool:
+            try:
+                for batch in batches(sendable(), config.batch_size, max_bytes, lambda i: i.size):
+                    while immediate:
+                        yield immediate.popleft()
+                    pending.add(pool.submit(self.score_batch, batch))
+                    while len(pending) >= config.concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            yield from future.result()
+                while immediate:
+                    yield immediate.popleft()
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield from future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def score(
+    inputs: str | Iterable[str],
+    *,
+    target: str | list[str],
+    model_name: str,
+    **options,
+) -> Iterator[dict]:
+    """Python API for notebooks: yields one result dict per input, as results arrive.
+
+    `score("photos/", target="localhost:8500", model_name="flowers", batch_size=16)`; options
+    are `ScoreConfig` fields (the flags of `xfer-score`); nothing is written to disk.
+    """
+    config = ScoreConfig(
+        inputs=[inputs] if isinstance(inputs, str) else list(inputs),
+        target=[target] if isinstance(target, str) else list(target),
+        model_name=model_name,
+        **options,
+    )
+    config.validate()
+    scorer = Scorer(config)
+    try:
+        items = iter_items(config.inputs, labels_from_folders=config.labels_from_folders)
+        yield from scorer.results(items)
+    finally:
+        scorer.close()
+
+
+def run(config: ScoreConfig) -> Summary:
+    """`xfer-score`: score every input into `config.output`, with progress and a summary."""
+    from tqdm import tqdm
+
+    from client.output import ResultWriter, done_uris, repair_torn_tail
+
+    config.validate()
+    if not config.output:
+        raise ValueError("--output FILE is required (got '')")
+    skip: set[str] = set()
+    if config.resume:
+        repair_torn_tail(config.output)
+        skip = done_uris(config.output, config.format)
+        log.info("resume: %d URIs already in %s", len(skip), config.output)
+    summary = Summary(skipped=len(skip))
+    versions: Counter = Counter()
+    scorer = Scorer(config)
+    start = time.monotonic()
+    items = iter_items(config.inputs, labels_from_folders=config.labels_from_folders, skip=skip)
+    progress = tqdm(
+        unit="img", desc="scoring", disable=config.quiet, file=sys.stderr, dynamic_ncols=True
+    )
+    try:
+        with ResultWriter(config.output, config.format, config.fsync_s) as writer:
+            for row in scorer.results(items):
+                writer.write(row)
+                summary.total += 1
+                if "error" in row:
+                    summary.failed += 1
+                else:
+                    summary.scored += 1
+                    versions[str(row["model_version"])] += 1
+                progress.update(1)
+    finally:
+        progress.close()
+        scorer.close()
+        summary.elapsed_s = round(time.monotonic() - start, 3)
+        summary.images_per_s = (
+            round(summary.total / summary.elapsed_s, 2) if summary.elapsed_s else 0
+        )
+        summary.requests = scorer.requests
+        summary.retries = scorer.retries
+        summary.latency_ms = scorer.latency.percentiles_ms()
+        summary.model_versions = dict(versions)
+    log.info("summary: %s", summary.as_dict())
+    return summary

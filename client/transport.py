@@ -1,0 +1,269 @@
+"""The wire: TF Serving's Predict over gRPC (default) or REST, behind one `predict()` call.
+
+Both return a `Prediction` or raise `RpcError(code, message)` with gRPC code names, so retries and
+batch splitting above do not care which protocol carried the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import logging
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+
+from client.config import ScoreConfig
+from client.retry import RpcError
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("labels", "top_scores")
+
+
+@dataclass
+class Prediction:
+    """Top-k labels (best first) and their scores for each image of a request."""
+
+    labels: list[list[str]]
+    scores: list[list[float]]
+    model_version: int | None
+
+
+def _read_file(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_metadata(headers: list[str]) -> list[tuple[str, str]]:
+    """`'authorization: Bearer X'` → `('authorization', 'Bearer X')` (gRPC keys are lowercase)."""
+    pairs = []
+    for header in headers:
+        name, _, value = header.partition(":")
+        pairs.append((name.strip().lower(), value.strip()))
+    return pairs
+
+
+def _tensor_to_array(tensor) -> np.ndarray:
+    """TensorProto → numpy for the dtypes the signature returns (string, float, int)."""
+    from tensorflow.core.framework import types_pb2
+
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    if tensor.dtype == types_pb2.DT_STRING:
+        values = [v.decode("utf-8", "replace") for v in tensor.string_val]
+        return np.array(values, dtype=object).reshape(shape)
+    dtypes = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_INT32: np.int32}
+    dtype = dtypes.get(tensor.dtype, np.float32)
+    if tensor.tensor_content:
+        return np.frombuffer(tensor.tensor_content, dtype=dtype).reshape(shape)
+    values = tensor.float_val if dtype is np.float32 else tensor.int_val
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+class GrpcTransport:
+    """PredictionService/Predict over one channel per target, rotating between them."""
+
+    def __init__(self, config: ScoreConfig):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self._grpc = grpc
+        self.config = config
+        self.metadata = parse_metadata(config.auth_header) or None
+        self.channels = [self._channel(target) for target in config.target]
+        self.stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in self.channels]
+        self._next = itertools.count()
+
+    def channel_options(self) -> list[tuple[str, object]]:
+        config = self.config
+        options: list[tuple[str, object]] = [
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            # Spreads requests over every address a DNS name resolves to (dns:///svc:8500).
+            ("grpc.lb_policy_name", "round_robin"),
+        ]
+        if config.keepalive_s > 0:
+            options += [
+                ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", 20000),
+                ("grpc.keepalive_permit_without_calls", 0),
+            ]
+        if config.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+        return options
+
+    def _channel(self, target: str):
+        grpc, config = self._grpc, self.config
+        if config.tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_file(config.root_certs),
+                private_key=_read_file(config.client_key),
+                certificate_chain=_read_file(config.client_cert),
+            )
+            return grpc.secure_channel(target, credentials, options=self.channel_options())
+        return grpc.insecure_channel(target, options=self.channel_options())
+
+    def request(self, images: list[bytes]):
+        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorflow_serving.apis import predict_pb2
+
+        config = self.config
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = config.model_name
+        request.model_spec.signature_name = config.signature
+        if config.version is not None:
+            request.model_spec.version.value = config.version
+        elif config.version_label:
+            request.model_spec.version_label = config.version_label
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(images))]
+            ),
+            string_val=images,
+        )
+        request.inputs[config.input_key].CopyFrom(tensor)
+        request.output_filter.extend(OUTPUTS)  # only what we write: small responses
+        return request
+
+    def predict(self, images: list[bytes], attempt: int = 0) -> Prediction:
+        stub = self.stubs[(next(self._next) + attempt) % len(self.stubs)]
+        try:
+            response = stub.Predict(
+                self.request(images), timeout=self.config.timeout, metadata=self.metadata
+            )
+        except self._grpc.RpcError as exc:
+            raise RpcError(exc.code().name, exc.details() or "") from None
+        labels = _tensor_to_array(response.outputs["labels"])
+        scores = _tensor_to_array(response.outputs["top_scores"])
+        version = (
+            response.model_spec.version.value if response.model_spec.HasField("version") else None
+        )
+        return Prediction(
+            [list(row) for row in labels], [[float(s) for s in row] for row in scores], version
+        )
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    412: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+class RestTransport:
+    """POST `{"instances": [{"b64": ...}]}` to `/v1/models/<name>[...]:predict`.
+
+    REST responses carry no model version: it is read once, at start, from the model's status
+    (GET /v1/models/<name>[/versions/<v>|/labels/<l>]: the highest AVAILABLE version, which is
+    where unpinned requests go), or None when the status cannot be read. A hot swap during a
+    REST run is therefore not reflected in `model_version`; use gRPC when that matters.
+    """
+
+    def __init__(self, config: ScoreConfig):
+        self.config = config
+        scheme = "https" if config.tls else "http"
+        self.bases = [
+            t if "://" in t else f"{scheme}://{t}" for t in (x.rstrip("/") for x in config.target)
+        ]
+        self.headers = {"Content-Type": "application/json"}
+        for name, value in parse_metadata(config.auth_header):
+            self.headers[name] = value
+        self.context = None
+        if config.tls:
+            self.context = ssl.create_default_context(cafile=config.root_certs)
+            if config.client_cert:
+                self.context.load_cert_chain(config.client_cert, config.client_key)
+        self._next = itertools.count()
+        self.model_version = self._status_version()
+
+    def _model_path(self) -> str:
+        path = f"/v1/models/{self.config.model_name}"
+        if self.config.version is not None:
+            path += f"/versions/{self.config.version}"
+        elif self.config.version_label:
+            path += f"/labels/{self.config.version_label}"
+        return path
+
+    def _open(self, url: str, body: bytes | None = None):
+        request = urllib.request.Request(url, data=body, headers=self.headers)
+        try:
+            with urllib.request.urlopen(
+                request, timeout=self.config.timeout, context=self.context
+            ) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = json.loads(raw).get("error", "")
+            except ValueError:
+                message = raw.decode("utf-8", "replace")[:500]
+            code = HTTP_CODES.get(exc.code, "UNKNOWN")
+            if code == "INVALID_ARGUMENT" and "signature" in message and "not found" in message:
+                code = "FAILED_PRECONDITION"  # same HTTP 400, but bisecting cannot help
+            raise RpcError(code, message or f"HTTP {exc.code}") from None
+        except TimeoutError:
+            raise RpcError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise RpcError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
+            raise RpcError("UNAVAILABLE", f"{url}: {exc.reason}") from None
+        except (ConnectionError, OSError) as exc:
+            raise RpcError("UNAVAILABLE", f"{url}: {exc}") from None
+
+    def _status_version(self) -> int | None:
+        if self.config.version is not None:
+            return self.config.version
+        try:
+            status = self._open(self.bases[0] + self._model_path())
+            available = [
+                int(s["version"])
+                for s in status.get("model_version_status", [])
+                if s.get("state") == "AVAILABLE"
+            ]
+            return max(available) if available else None
+        except (RpcError, ValueError, KeyError, TypeError) as exc:
+            log.warning("model version unknown (status unavailable: %s); recording null", exc)
+            return None
+
+    def predict(self, images: list[bytes], attempt: int = 0) -> Prediction:
+        base = self.bases[(next(self._next) + attempt) % len(self.bases)]
+        body = json.dumps(
+            {
+                "signature_name": self.config.signature,
+                "instances": [{"b64": base64.b64encode(i).decode("ascii")} for i in images],
+            }
+        ).encode()
+        result = self._open(f"{base}{self._model_path()}:predict", body)
+        rows = result.get("predictions", [])
+        labels = [list(r["labels"]) for r in rows]
+        scores = [[float(s) for s in r["top_scores"]] for r in rows]
+        return Prediction(labels, scores, self.model_version)
+
+    def close(self) -> None:
+        pass
+
+
+def make_transport(config: ScoreConfig):
+    return RestTransport(config) if config.protocol == "rest" else GrpcTransport(config)

@@ -1,0 +1,254 @@
+"""xfer-score against the real local server: happy path, bad files, limits, targeting, REST, API."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagegen import encode
+from PIL import Image
+from testconfig import MODEL
+
+from client.cli import main
+from client.config import ScoreConfig
+from client.scorer import run
+
+CLASSES = {"red", "green", "blue"}
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_directory_scored_once_each_with_labels_and_version(
+    target, shapes_root, good_images, tmp_path
+):
+    out = tmp_path / "scored.jsonl"
+    code = main(
+        [str(shapes_root), "--target", target, "--model-name", MODEL, "--output", str(out),
+         "--labels-from-folders", "--batch-size", "16", "--quiet"]
+    )  # fmt: skip
+    rows = rows_of(out)
+    # notes.txt is not an image name; broken.jpg is, and fails
+    assert code == 3
+    assert sorted(r["uri"] for r in rows) == sorted(
+        map(str, good_images + [shapes_root / "blue" / "broken.jpg"])
+    )
+    scored = [r for r in rows if "error" not in r]
+    assert len(scored) == len(good_images)
+    for row in scored:
+        assert set(row) == {"uri", "label", "labels", "scores", "model_version"}
+        assert set(row["labels"]) == CLASSES and row["scores"] == sorted(
+            row["scores"], reverse=True
+        )
+        assert row["model_version"] == 2  # unpinned: the highest available version
+        assert row["label"] == Path(row["uri"]).parent.name
+    accuracy = np.mean([r["labels"][0] == r["label"] for r in scored])
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize(
+    "pin, version",
+    [
+        (["--version", "1"], 1),
+        (["--version-label", "canary"], 2),
+        (["--version-label", "stable"], 1),
+    ],
+)
+def test_version_and_label_pinning(target, good_images, tmp_path, pin, version):
+    out = tmp_path / "s.jsonl"
+    args = [str(p) for p in good_images[:5]]
+    assert (
+        main(
+            [
+                *args,
+                "--target",
+                target,
+                "--model-name",
+                MODEL,
+                "--output",
+                str(out),
+                "--quiet",
+                *pin,
+            ]
+        )
+        == 0
+    )
+    assert [r["model_version"] for r in rows_of(out)] == [version] * 5
+
+
+def test_corrupt_empty_and_non_image_files_are_isolated(target, good_images, tmp_path):
+    folder = tmp_path / "mixed" / "red"
+    folder.mkdir(parents=True)
+    for i, p in enumerate(good_images[:20]):
+        (folder / f"good_{i:02d}{p.suffix}").write_bytes(p.read_bytes())
+    (folder / "good_05_corrupt.jpg").write_bytes(good_images[0].read_bytes()[:40])
+    (folder / "good_11_empty.png").write_bytes(b"")
+    (folder / "good_17_text.png").write_bytes(b"this is not an image at all")
+    out = tmp_path / "mixed.jsonl"
+    config = ScoreConfig(inputs=[str(tmp_path / "mixed")], target=[target], model_name=MODEL,
+                         output=str(out), batch_size=8, quiet=True)  # fmt: skip
+    summary = run(config)
+    rows = {Path(r["uri"]).name: r for r in rows_of(out)}
+    assert len(rows) == 23 and summary.total == 23
+    assert summary.scored == 20 and summary.failed == 3
+    bad = {n: r["error"] for n, r in rows.items() if "error" in r}
+    assert set(bad) == {"good_05_corrupt.jpg", "good_11_empty.png", "good_17_text.png"}
+    for error in bad.values():  # the server's own message, with its status code
+        assert error.startswith("INVALID_ARGUMENT: not a decodable image")
+    assert "unknown format" in bad["good_17_text.png"]
+    # bisecting cost a few extra requests, not one per image
+    assert 3 < summary.requests < 23
+
+
+def noise_jpeg(path: Path, side: int, seed: int) -> int:
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    path.write_bytes(encode(Image.fromarray(pixels), "JPEG", quality=95))
+    return path.stat().st_size
+
+
+def test_requests_split_by_bytes_and_oversized_file_is_an_error_row(target, tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    sizes = [noise_jpeg(folder / f"n{i:02d}.jpg", 56, i) for i in range(40)]
+    huge = noise_jpeg(folder / "zz_huge.jpg", 300, 99)
+    limit = int(0.05 * 1024 * 1024)
+    assert max(sizes) < limit / 4 and sum(sizes) > 3 * limit and huge > limit
+    out = tmp_path / "big.jsonl"
+    config = ScoreConfig(inputs=[str(folder)], target=[target], model_name=MODEL, output=str(out),
+                         batch_size=64, max_message_mb=0.05, quiet=True)  # fmt: skip
+    summary = run(config)
+    rows = {Path(r["uri"]).name: r for r in rows_of(out)}
+    assert summary.scored == 40 and summary.failed == 1
+    assert "over the limit of 52428" in rows["zz_huge.jpg"]["error"]
+    # a request larger than the channel's limit would have failed: each one fitted
+    assert summary.requests >= math.ceil(sum(sizes) / limit)
+    assert summary.retries == 0
+
+
+def test_deadline_exceeded_after_retries(target, good_images, tmp_path):
+    out = tmp_path / "slow.jsonl"
+    inputs = [str(p) for p in good_images[:32]]
+    config = ScoreConfig(inputs=inputs, target=[target], model_name=MODEL, output=str(out),
+                         batch_size=32, timeout=0.001, max_retries=2, initial_backoff=0.01,
+                         quiet=True)  # fmt: skip
+    summary = run(config)
+    rows = rows_of(out)
+    assert len(rows) == 32 and summary.failed == 32
+    assert all(r["error"].startswith("DEADLINE_EXCEEDED") for r in rows)
+    assert all("(after 3 attempts)" in r["error"] for r in rows)
+    assert summary.requests == 3 and summary.retries == 2
+
+
+def test_unknown_model_stops_the_run(target, good_images, tmp_path, capsys):
+    out = tmp_path / "none.jsonl"
+    code = main(
+        [
+            str(good_images[0]),
+            "--target",
+            target,
+            "--model-name",
+            "nope",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert out.read_text() == ""
+
+
+def test_dead_target_among_several_is_routed_around(target, good_images, tmp_path):
+    from servertools import free_port
+
+    out = tmp_path / "two.jsonl"
+    dead = f"127.0.0.1:{free_port()}"
+    config = ScoreConfig(inputs=[str(p) for p in good_images[:24]], target=[dead, target],
+                         model_name=MODEL, output=str(out), batch_size=4, initial_backoff=0.01,
+                         timeout=5, quiet=True)  # fmt: skip
+    summary = run(config)
+    assert summary.scored == 24 and summary.failed == 0
+    assert summary.retries >= 1  # the dead one was tried and refused
+
+
+def test_rest_protocol_matches_grpc(target, rest_target, good_images, tmp_path):
+    inputs = [str(p) for p in good_images[:10]]
+    grpc_out, rest_out = tmp_path / "g.jsonl", tmp_path / "r.csv"
+    assert (
+        main(
+            [
+                *inputs,
+                "--target",
+                target,
+                "--model-name",
+                MODEL,
+                "--output",
+                str(grpc_out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main([*inputs, "--target", rest_target, "--protocol", "rest", "--model-name", MODEL,
+                 "--output", str(rest_out), "--quiet", "--batch-size", "3"]) == 0  # fmt: skip
+    from client.output import read_rows
+
+    by_uri = {r["uri"]: r for r in rows_of(grpc_out)}
+    rest_rows = list(read_rows(str(rest_out)))
+    assert len(rest_rows) == 10
+    for row in rest_rows:
+        assert row["labels"] == by_uri[row["uri"]]["labels"]
+        assert np.allclose(row["scores"], by_uri[row["uri"]]["scores"], atol=1e-5)
+        assert row["model_version"] == 2  # from GET /v1/models/shapes, read once
+
+
+def test_python_api_yields_rows(target, shapes_root):
+    import client
+
+    rows = list(client.score(str(shapes_root / "green"), target=target, model_name=MODEL,
+                             labels_from_folders=True, concurrency=2))  # fmt: skip
+    assert len(rows) == 40
+    assert all(r["label"] == "green" and r["model_version"] == 2 for r in rows)
+    assert sum(r["labels"][0] == "green" for r in rows) >= 36
+
+
+def test_tfrecord_input(target, good_images, tmp_path):
+    import tensorflow as tf
+
+    records = tmp_path / "imgs.tfrecord"
+    with tf.io.TFRecordWriter(str(records)) as writer:
+        for p in good_images[:6]:
+            feature = {
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[p.read_bytes()])
+                ),
+                "image/uri": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[str(p).encode()])
+                ),
+            }
+            writer.write(
+                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            )
+    out = tmp_path / "tf.jsonl"
+    assert (
+        main(
+            [
+                str(records),
+                "--target",
+                target,
+                "--model-name",
+                MODEL,
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert sorted(r["uri"] for r in rows_of(out)) == sorted(map(str, good_images[:6]))
+    assert os.path.getsize(out) > 0
