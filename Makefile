@@ -97,8 +97,12 @@ bottlenecks: $(STAMP)
 	$(BIN)/xfer-bottlenecks --input $(DATA) --output $(OUTPUT) --backbone $(BACKBONE) \
 		--weights $(WEIGHTS) $(if $(IMAGE_SIZE),--image_size $(IMAGE_SIZE)) $(BEAM_ARGS)
 
+# `make demo DATA=<class folders> BACKBONE=<name>` runs the same on your own images.
 demo: $(STAMP)
-	bash scripts/demo.sh $(OUT)
+	$(BIN)/python scripts/demo.py --out $(OUT) --weights $(WEIGHTS) \
+		$(if $(filter command line environment,$(origin DATA)),--data $(DATA)) \
+		$(if $(filter command line environment,$(origin BACKBONE)),--backbone $(BACKBONE)) \
+		$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
 
 clean:
 	rm -rf $(VENV) $(K8S_TOOLS) build *.egg-info .pytest_cache .ruff_cache

@@ -59,6 +59,7 @@ setup(
             "xfer-classify=export.classify:main",
             "xfer-backbones=export.backbones:main",
             "xfer-sample-data=export.sample_data:main",
+            "xfer-split-list=export.dataset:main",
             "xfer-serve=serving.server:main",
             "xfer-serving-configs=serving.deploy_configs:main",
             "xfer-score=client.cli:main",

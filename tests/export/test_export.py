@@ -232,14 +232,17 @@ def test_kill_9_during_export_leaves_no_integer_directory(shapes_root, tmp_path)
 
 def _make_n(*args) -> list[str]:
     """The xfer-export command line that `make -n` shows, as tokens (nothing is run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     out = subprocess.run(
-        ["make", "-n", *args],
+        ["make", "-n", "--no-print-directory", *args],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parents[2],
         check=True,
+        env=env,
     ).stdout
-    tokens = out.replace("\\\n", " ").split()
+    line = next(x for x in out.replace("\\\n", " ").splitlines() if "xfer-export" in x)
+    tokens = line.split()
     start = next(i for i, t in enumerate(tokens) if t.endswith("xfer-export"))
     return tokens[start + 1 :]
 
