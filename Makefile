@@ -111,3 +111,4 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/beam_bench.py
 	$(BIN)/python bench/serving_bench.py
+	$(BIN)/python bench/client_bench.py

@@ -66,6 +66,7 @@ setup(
             "xfer-evaluate=client.evaluate:main",
             "xfer-bottlenecks=beam_jobs.bottlenecks:main",
             "xfer-beam-predict=beam_jobs.predict:main",
+            "xfer-beam-score=beam_jobs.score:main",
         ],
     },
 )

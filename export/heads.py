@@ -15,6 +15,7 @@ def build_head(
     *,
     hidden_units: int = 256,
     dropout: float = 0.2,
+    l2: float = 0.0,
     feature_mean=None,
     feature_variance=None,
 ) -> keras.Model:
@@ -31,6 +32,9 @@ def build_head(
         raise ValueError(f"head must be one of {', '.join(HEADS)}; received {kind!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1); received {dropout}")
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0; received {l2}")
+    regularizer = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input((feature_dim,), name="features")
     x = inputs
     if feature_mean is not None:
@@ -39,9 +43,13 @@ def build_head(
         )(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x) if dropout else x
     if kind == "mlp":
-        x = keras.layers.Dense(hidden_units, activation="relu", name="hidden")(x)
+        x = keras.layers.Dense(
+            hidden_units, activation="relu", kernel_regularizer=regularizer, name="hidden"
+        )(x)
         x = keras.layers.BatchNormalization(name="hidden_bn")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="scores")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_regularizer=regularizer, name="scores"
+    )(x)
     return keras.Model(inputs, outputs, name=f"{kind}_head")
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
     head: str = opt("softmax", "softmax or mlp", choices=HEADS)
     hidden_units: int = opt(256, "units of the mlp head's hidden layer")
     dropout: float = opt(0.2, "dropout rate before the head's dense layers")
+    l2: float = opt(0.0, "L2 weight penalty on the head's dense layers")
     optimizer: str = opt("adam", "adam, sgd (momentum 0.9) or rmsprop", choices=OPTIMIZERS)
     learning_rate: float = opt(1e-3, "learning rate")
     batch_size: int = opt(32, "batch size, for features and for training")
@@ -143,6 +144,7 @@ def fit_head(config: TrainConfig, source, mean, variance):
         config.head,
         hidden_units=config.hidden_units,
         dropout=config.dropout,
+        l2=config.l2,
         feature_mean=mean,
         feature_variance=variance,
     )

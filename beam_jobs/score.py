@@ -1,0 +1,216 @@
+"""Scoring on a distributed engine: images -> TF Serving over gRPC from Beam workers -> JSONL.
+
+    python -m beam_jobs.score --input IMAGES --output OUT --target HOST:PORT --model-name NAME \
+        [client flags: --version-label, --batch-size, --max-message-mb, --timeout, --tls, ...] \
+        [beam flags: --runner DataflowRunner --project ... --setup_file ./setup.py]
+
+The model handler is Beam's `RemoteModelHandler` around the batch client's own request code
+(`client.scorer.Scorer`): requests bounded by image count and bytes, retries with backoff on
+UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, bisection of a batch the server refuses
+(INVALID_ARGUMENT) so that only the bad images fail. Output as xfer-score's (DESIGN.md):
+  OUT/predictions-SSSSS-of-NNNNN.jsonl   {"uri", "labels", "scores", "model_version"}
+  OUT/errors-SSSSS-of-NNNNN.jsonl        {"uri", "error"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    PredictionResult,
+    RemoteModelHandler,
+    RunInference,
+)
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs.bottlenecks import NAMESPACE, report_metrics
+from beam_jobs.predict import read_images
+from client.batching import fits_alone, request_bytes
+from client.config import ScoreConfig
+
+log = logging.getLogger(__name__)
+
+
+BATCH_CAPACITY = 1_000_000  # weight units of one request
+
+
+class ImageWeight:
+    """One image's share of a request, bounding both images per request and bytes per request.
+
+    Beam's BatchElements bounds a single additive weight (its `max_batch_weight` is not accepted
+    in this Beam version), so each image weighs the larger of 1/batch_size and its bytes'
+    share of the message limit; a batch of total weight <= BATCH_CAPACITY then respects both.
+    """
+
+    def __init__(self, batch_size: int, max_bytes: int):
+        self.batch_size = batch_size
+        self.budget = max_bytes - request_bytes([])
+
+    def __call__(self, image: bytes) -> int:
+        share = max(
+            1 / self.batch_size, (request_bytes([len(image)]) - request_bytes([])) / self.budget
+        )
+        return max(1, math.ceil(share * BATCH_CAPACITY))
+
+
+class TFServingModelHandler(RemoteModelHandler[bytes, dict, Any]):
+    """Encoded images -> rows of the scored-output schema, from a TF Serving endpoint.
+
+    The client's Scorer does the retrying (only on the codes that can succeed later), so Beam's
+    own retry is off; a run the server refuses outright (unknown model, credentials) fails the
+    batch into the dead-letter output.
+    """
+
+    def __init__(self, config: ScoreConfig):
+        super().__init__(namespace=f"{NAMESPACE}_tfserving", num_retries=0)
+        self.config = config
+        self._batching_kwargs = {
+            "min_batch_size": 1,
+            "max_batch_size": BATCH_CAPACITY,
+            "element_size_fn": ImageWeight(config.batch_size, config.max_message_bytes),
+        }
+
+    def create_client(self):
+        from client.scorer import Scorer
+
+        return Scorer(self.config)
+
+    def request(self, batch: Sequence[bytes], model, inference_args=None):
+        from client.inputs import Item
+
+        rows = model.score_batch([Item(uri=str(i), data=image) for i, image in enumerate(batch)])
+        return [PredictionResult(image, row) for image, row in zip(batch, rows)]
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(x) for x in batch)
+
+
+class ToRow(beam.DoFn):
+    """(uri, PredictionResult) -> scored row, or {"uri", "error"} on the 'errors' output."""
+
+    def __init__(self):
+        self.scored = Metrics.counter(NAMESPACE, "images_scored")
+        self.failed = Metrics.counter(NAMESPACE, "images_failed")
+
+    def process(self, element):
+        uri, result = element
+        row = {k: v for k, v in result.inference.items() if k not in ("uri", "label")}
+        if "error" in row:
+            self.failed.inc()
+            return [beam.pvalue.TaggedOutput("errors", {"uri": uri, "error": row["error"]})]
+        self.scored.inc()
+        return [{"uri": uri, **row}]
+
+
+class TooLarge(beam.DoFn):
+    """A file that alone exceeds the message limit becomes an error row, never a request."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+
+    def process(self, element):
+        uri, data = element
+        if fits_alone(len(data), self.max_bytes):
+            return [element]
+        Metrics.counter(NAMESPACE, "images_failed").inc()
+        return [
+            beam.pvalue.TaggedOutput(
+                "errors",
+                {
+                    "uri": uri,
+                    "error": f"file is {len(data)} bytes: larger than the request limit of "
+                    f"{self.max_bytes} bytes (--max-message-mb)",
+                },
+            )
+        ]
+
+
+def build_pipeline(p: beam.Pipeline, source: str, output: str, config: ScoreConfig):
+    images = read_images(p, source)
+    sized = images.ok | "FitsInARequest" >> beam.ParDo(
+        TooLarge(config.max_message_bytes)
+    ).with_outputs("errors", main="ok")
+    scored, dead_letters = (
+        sized.ok
+        | "Score"
+        >> RunInference(KeyedModelHandler(TFServingModelHandler(config))).with_exception_handling()
+    )
+    rows = scored | "Rows" >> beam.ParDo(ToRow()).with_outputs("errors", main="ok")
+    failed_batches = dead_letters.failed_inferences | "BatchErrors" >> beam.FlatMap(
+        lambda failed: [
+            {"uri": uri, "error": f"scoring failed: {failed[1]}"} for uri, _ in failed[0]
+        ]
+    )
+    errors = (images.errors, sized.errors, rows.errors, failed_batches) | beam.Flatten()
+    for label, pcoll, prefix in (
+        ("Predictions", rows.ok, "predictions"),
+        ("Errors", errors, "errors"),
+    ):
+        _ = (
+            pcoll
+            | f"{label}Json" >> beam.Map(json.dumps)
+            | f"Write{label}"
+            >> beam.io.WriteToText(FileSystems.join(output, prefix), file_name_suffix=".jsonl")
+        )
+    return rows.ok, errors
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[str, str, ScoreConfig, list[str]]:
+    """--input and --output here; the client's flags (xfer-score's) by the client's own parser;
+    everything else goes to Beam."""
+    from client.cli import build_parser, config_from_args
+
+    ours = argparse.ArgumentParser(
+        prog="xfer-beam-score",
+        description=__doc__,
+        add_help=True,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ours.add_argument(
+        "--input", required=True, help="a directory (recursive), a glob, or a CSV/text list of URIs"
+    )
+    ours.add_argument("--output", required=True, help="output directory (prefix)")
+    known, rest = ours.parse_known_args(argv)
+    client_parser = build_parser()
+    client_parser.allow_abbrev = False  # never mistake a Beam flag for a client flag prefix
+    client_args, beam_args = client_parser.parse_known_args(["-", *rest])
+    client_args.inputs = [known.input]
+    config = config_from_args(client_args)
+    if not config.target or not config.model_name:
+        ours.error("--target and --model-name are required")
+    return known.input, known.output, config, beam_args
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):
+    source, output, config, pipeline_args = parse_args(argv)
+    if test_pipeline is not None:
+        return build_pipeline(test_pipeline, source, output, config)
+    pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args))
+    build_pipeline(pipeline, source, output, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    report_metrics(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
