@@ -1,8 +1,10 @@
 """The local server vs the same SavedModel in process, on the same images.
 
-  served_vs_inprocess  concurrent gRPC Predict images/s (server-side batching, 8 clients sending
-                       one image each) / in-process images/s (batches of the server's max size)
-  warm_first_vs_p50    latency of the first request after a version loads / steady p50 at
+  served_vs_inprocess  concurrent gRPC Predict images/s (server-side batching, THROUGHPUT_CLIENTS
+                       clients sending one image each) / in-process images/s (batches of the
+                       server's max size)
+  warm_first_vs_p50    latency of the first request to a newly loaded version (the median over
+                       HOT_SWAPS versions published while the server runs) / steady p50 at
                        concurrency 1 (warmup works when this is near 1)
 Also: latency p50/p95/p99 at concurrency 1 and 8.
 """
@@ -10,6 +12,7 @@ Also: latency p50/p95/p99 at concurrency 1 and 8.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +29,9 @@ from common import record  # noqa: E402
 
 MODEL = "digits"
 MAX_BATCH = 16
-CONCURRENCY = 8
+CONCURRENCY = 8  # the latency figures' concurrency
+THROUGHPUT_CLIENTS = 16  # enough single-image requests in flight to fill a batch
+HOT_SWAPS = 3
 
 
 def free_port() -> int:
@@ -92,7 +97,7 @@ def start_server(base: Path, configs: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def wait_until_available(stub_status, deadline: float = 180.0) -> None:
+def wait_until_available(stub_status, version: int | None = None, deadline: float = 180.0):
     from tensorflow_serving.apis import get_model_status_pb2
 
     request = get_model_status_pb2.GetModelStatusRequest()
@@ -101,15 +106,18 @@ def wait_until_available(stub_status, deadline: float = 180.0) -> None:
     while time.monotonic() < until:
         try:
             status = stub_status.GetModelStatus(request, timeout=5)
-            if any(v.state == v.AVAILABLE for v in status.model_version_status):
+            if any(
+                v.state == v.AVAILABLE and version in (None, v.version)
+                for v in status.model_version_status
+            ):
                 return
         except Exception:  # noqa: BLE001 - not up yet
             pass
-        time.sleep(0.2)
+        time.sleep(0.01)
     raise RuntimeError("the server did not load the model in time")
 
 
-def served(port: int, payloads: list[bytes]) -> dict:
+def served(port: int, payloads: list[bytes], base: Path) -> dict:
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import (
@@ -119,31 +127,44 @@ def served(port: int, payloads: list[bytes]) -> dict:
     )
 
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    wait_until_available(model_service_pb2_grpc.ModelServiceStub(channel))
+    status = model_service_pb2_grpc.ModelServiceStub(channel)
+    wait_until_available(status)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     tensors = [tf.make_tensor_proto([p]) for p in payloads]
 
-    def call(i: int) -> float:
+    def call(i: int, version: int | None = None) -> float:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = MODEL
+        if version is not None:
+            request.model_spec.version.value = version
         request.inputs["image_bytes"].CopyFrom(tensors[i % len(tensors)])
         started = time.perf_counter()
         stub.Predict(request, timeout=60)
         return time.perf_counter() - started
 
-    first = call(0)  # the first request after the version loaded (and was warmed up)
+    call(0)
     sequential = [call(i) for i in range(1, 201)]
     with ThreadPoolExecutor(CONCURRENCY) as pool:
+        concurrent = list(pool.map(call, range(400)))
+    with ThreadPoolExecutor(THROUGHPUT_CLIENTS) as pool:
         started = time.perf_counter()
-        concurrent = list(pool.map(call, range(len(payloads))))
+        list(pool.map(call, range(len(payloads))))
         rate = len(payloads) / (time.perf_counter() - started)
+    firsts = []
+    for version in range(2, 2 + HOT_SWAPS):
+        # Publish a copy as the next version; the server loads and warms it up, then switches.
+        copy = base / f".tmp-export-bench-{version}"
+        shutil.copytree(base / "1", copy)
+        copy.rename(base / str(version))
+        wait_until_available(status, version)
+        firsts.append(call(version, version))
     channel.close()
 
     def pct(values, q):
         return float(np.percentile(values, q) * 1000)
 
     return {
-        "first_ms": first * 1000,
+        "first_ms": float(np.median(firsts)) * 1000,
         "c1": {q: pct(sequential, q) for q in (50, 95, 99)},
         "c8": {q: pct(concurrent, q) for q in (50, 95, 99)},
         "rate": rate,
@@ -158,14 +179,15 @@ def main() -> None:
         version_dir = export(images, tmp / "models" / MODEL)
         proc, port = start_server(version_dir.parent, tmp)
         try:
-            remote = served(port, payloads)
+            remote = served(port, payloads, version_dir.parent)
         finally:
             proc.terminate()
             proc.wait(30)
         # After the server stopped: the in-process figure has the machine to itself too.
         local_rate = in_process(version_dir, payloads)
     record(
-        f"serving (local server, gRPC, batching max {MAX_BATCH}, {CONCURRENCY} clients x 1 image)",
+        f"serving (local server, gRPC, batching max {MAX_BATCH}, "
+        f"{THROUGHPUT_CLIENTS} clients x 1 image)",
         {
             "served_vs_inprocess": remote["rate"] / local_rate,
             "warm_first_vs_p50": remote["first_ms"] / remote["c1"][50],

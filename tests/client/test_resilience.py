@@ -110,7 +110,7 @@ def test_server_killed_and_restarted_mid_run(client_model_base, many_images, tmp
                 "1",
                 "--quiet",
                 "--max-retries",
-                "60",
+                "600",  # up to ~5 minutes of retrying: a loaded CI machine restarts TF slowly
                 "--initial-backoff",
                 "0.05",
                 "--max-backoff",
@@ -126,7 +126,7 @@ def test_server_killed_and_restarted_mid_run(client_model_base, many_images, tmp
         at_crash = count_lines(out)
         assert at_crash < 600, "the server must die mid-run"
         server = start_server_process(port, client_model_base, tmp_path / "server.log")
-        assert client.wait(timeout=180) == 0, (tmp_path / "client.log").read_text()[-3000:]
+        assert client.wait(timeout=400) == 0, (tmp_path / "client.log").read_text()[-3000:]
     finally:
         for process in (client, server):
             if process is not None and process.poll() is None:
