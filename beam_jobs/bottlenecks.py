@@ -22,7 +22,7 @@ import json
 import logging
 import posixpath
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -33,6 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_jobs.common import NAMESPACE, failed_batch_rows, run_pipeline, setup_logging
 from export.backbones import BackboneConfig
 from export.bottleneck_schema import (
     ERRORS_PREFIX,
@@ -46,7 +47,6 @@ from export.dataset import SplitConfig, parse_path, split_of
 from export.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
-NAMESPACE = "xfer"
 LIST_SUFFIXES = (".csv", ".txt", ".tsv")
 
 
@@ -287,13 +287,6 @@ class BackboneModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         return f"{NAMESPACE}_backbone"
 
 
-def inference_errors(failed: tuple) -> Iterable[dict]:
-    """RunInference's dead-letter output (a failed batch, the exception) -> one row per image."""
-    batch, exc = failed
-    for key, _ in batch:
-        yield error_row(key.uri, f"feature extraction failed: {exc}")
-
-
 # ----------------------------------------------------------------------------- duplicates
 
 
@@ -469,7 +462,9 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
     errors = (
         records.errors,
         decoded.errors,
-        dead_letters.failed_inferences | "InferenceErrors" >> beam.FlatMap(inference_errors),
+        failed_batch_rows(
+            dead_letters.failed_inferences, "feature extraction", uri=lambda key: key.uri
+        ),
     ) | "AllErrors" >> beam.Flatten()
     shard_kwargs = {"num_shards": config.num_shards} if config.num_shards else {}
     shards = (
@@ -529,18 +524,6 @@ def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
     }
 
 
-def report_metrics(result) -> dict[str, int]:
-    counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
-    totals: dict[str, int] = {}
-    for counter in counters["counters"]:
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (
-            counter.committed if counter.committed is not None else counter.attempted
-        )
-    for name in sorted(totals):
-        log.info("%-22s %d", name, totals[name])
-    return totals
-
-
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):
     """Build and run the job. With `test_pipeline`, only build into it (the caller runs it)."""
     config, pipeline_args = parse_args(argv)
@@ -548,19 +531,11 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     info = job_info(config, options)
     if test_pipeline is not None:
         return build_pipeline(test_pipeline, config, info)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config, info)
-    result = pipeline.run()
-    result.wait_until_finish()
-    report_metrics(result)
-    return result
+    return run_pipeline(options, lambda p: build_pipeline(p, config, info))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
-    )
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # our counters say what matters
+    setup_logging()
     run(argv)
     return 0
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -32,7 +31,14 @@ from apache_beam.ml.inference.base import (
 )
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.bottlenecks import LIST_SUFFIXES, NAMESPACE, parse_list_line
+from beam_jobs.bottlenecks import LIST_SUFFIXES, parse_list_line
+from beam_jobs.common import (
+    NAMESPACE,
+    failed_batch_rows,
+    run_pipeline,
+    setup_logging,
+    write_scored,
+)
 from export.contract import INPUT_KEY, SERVING_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -204,24 +210,9 @@ def build_pipeline(p: beam.Pipeline, config: PredictConfig, version_dir: str):
     )
     scored, dead_letters = images.ok | "Score" >> RunInference(handler).with_exception_handling()
     rows = scored | "Rows" >> beam.ParDo(ToScoredRow(version)).with_outputs("errors", main="ok")
-    failed_batches = dead_letters.failed_inferences | "BatchErrors" >> beam.FlatMap(
-        lambda failed: [
-            {"uri": uri, "error": f"inference failed: {failed[1]}"} for uri, _ in failed[0]
-        ]
-    )
+    failed_batches = failed_batch_rows(dead_letters.failed_inferences, "inference")
     errors = (images.errors, rows.errors, failed_batches) | "AllErrors" >> beam.Flatten()
-    for label, pcoll, prefix in (
-        ("Predictions", rows.ok, "predictions"),
-        ("Errors", errors, "errors"),
-    ):
-        _ = (
-            pcoll
-            | f"{label}Json" >> beam.Map(json.dumps)
-            | f"Write{label}"
-            >> beam.io.WriteToText(
-                FileSystems.join(config.output, prefix), file_name_suffix=".jsonl"
-            )
-        )
+    write_scored(rows.ok, errors, config.output)
     return rows.ok, errors
 
 
@@ -230,21 +221,13 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     version_dir = resolve_version_dir(config.model_dir, config.version)
     if test_pipeline is not None:
         return build_pipeline(test_pipeline, config, version_dir)
-    pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args))
-    build_pipeline(pipeline, config, version_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
-    from beam_jobs.bottlenecks import report_metrics
-
-    report_metrics(result)
-    return result
+    return run_pipeline(
+        PipelineOptions(pipeline_args), lambda p: build_pipeline(p, config, version_dir)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
-    )
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # our counters say what matters
+    setup_logging()
     try:
         run(argv)
     except FileNotFoundError as exc:

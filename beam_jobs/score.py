@@ -15,7 +15,6 @@ UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, bisection of a batch the s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -23,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import (
     KeyedModelHandler,
@@ -33,7 +31,13 @@ from apache_beam.ml.inference.base import (
 )
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.bottlenecks import NAMESPACE, report_metrics
+from beam_jobs.common import (
+    NAMESPACE,
+    failed_batch_rows,
+    run_pipeline,
+    setup_logging,
+    write_scored,
+)
 from beam_jobs.predict import read_images
 from client.batching import fits_alone, request_bytes
 from client.config import ScoreConfig
@@ -146,22 +150,9 @@ def build_pipeline(p: beam.Pipeline, source: str, output: str, config: ScoreConf
         >> RunInference(KeyedModelHandler(TFServingModelHandler(config))).with_exception_handling()
     )
     rows = scored | "Rows" >> beam.ParDo(ToRow()).with_outputs("errors", main="ok")
-    failed_batches = dead_letters.failed_inferences | "BatchErrors" >> beam.FlatMap(
-        lambda failed: [
-            {"uri": uri, "error": f"scoring failed: {failed[1]}"} for uri, _ in failed[0]
-        ]
-    )
+    failed_batches = failed_batch_rows(dead_letters.failed_inferences, "scoring")
     errors = (images.errors, sized.errors, rows.errors, failed_batches) | beam.Flatten()
-    for label, pcoll, prefix in (
-        ("Predictions", rows.ok, "predictions"),
-        ("Errors", errors, "errors"),
-    ):
-        _ = (
-            pcoll
-            | f"{label}Json" >> beam.Map(json.dumps)
-            | f"Write{label}"
-            >> beam.io.WriteToText(FileSystems.join(output, prefix), file_name_suffix=".jsonl")
-        )
+    write_scored(rows.ok, errors, output)
     return rows.ok, errors
 
 
@@ -195,19 +186,13 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     source, output, config, pipeline_args = parse_args(argv)
     if test_pipeline is not None:
         return build_pipeline(test_pipeline, source, output, config)
-    pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args))
-    build_pipeline(pipeline, source, output, config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    report_metrics(result)
-    return result
+    return run_pipeline(
+        PipelineOptions(pipeline_args), lambda p: build_pipeline(p, source, output, config)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
-    )
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    setup_logging()
     run(argv)
     return 0
 

@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from testconfig import FAST_TRAINING, TINY
 
 from beam_jobs import bottlenecks
+from beam_jobs.common import report_metrics
 from export.backbones import BackboneConfig, build_feature_extractor
 from export.bottleneck_schema import decode_example
 from export.dataset import assign_split
@@ -145,7 +146,7 @@ def test_list_input_with_labels_and_missing_files(shapes_root, tmp_path):
     listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     result = bottlenecks.run(["--input", str(listing), "--output", str(out), *TINY_ARGS])
-    counters = bottlenecks.report_metrics(result)
+    counters = report_metrics(result)
     # 6 read, of which blue/broken.jpg fails to decode; missing.jpg and the unlabelled row fail.
     assert counters["images_read"] == 6 and counters["images_failed"] == 3
     assert counters["batches"] >= 1
