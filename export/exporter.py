@@ -142,8 +142,14 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
     images = _check_images(result, max(config.gate_images, config.warmup_images))
     preprocess = EagerPreprocessor(config.preprocessor())
     batch = np.stack([preprocess(i)[0] for i in images])
-    expected_scores = np.asarray(result.classifier(batch, training=False))
-    expected_features = np.asarray(result.extractor(batch, training=False))
+    # The in-memory model run as a graph (tf.function): the same graph optimisations the
+    # SavedModel gets, so parity measures the export, not eager-vs-graph kernel rounding
+    # (measured 2e-7 eager vs 3e-9 graph on EfficientNet-Lite0; the bound is 1e-5).
+    import tensorflow as tf
+
+    classifier, extractor = result.classifier, result.extractor
+    expected_scores = tf.function(lambda x: classifier(x, training=False))(batch).numpy()
+    expected_features = tf.function(lambda x: extractor(x, training=False))(batch).numpy()
 
     card = model_card(config, result)
 
