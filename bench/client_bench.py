@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from beam_bench import make_images  # noqa: E402
-from common import record  # noqa: E402
+from common import peak_rss_mb, record  # noqa: E402
 from serving_bench import LIGHT_MODEL, export, in_process, start_server  # noqa: E402
 
 IMAGES = 2000
@@ -41,7 +40,7 @@ def child(argv: list[str]) -> None:
     started = time.perf_counter()
     code = main(argv)
     seconds = time.perf_counter() - started
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"code": code, "seconds": seconds, "peak_rss_mb": rss}))
 
 
