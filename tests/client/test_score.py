@@ -176,6 +176,18 @@ def test_dead_target_among_several_is_routed_around(target, good_images, tmp_pat
     assert summary.retries >= 1  # the dead one was tried and refused
 
 
+def test_dns_name_with_round_robin(target, good_images, tmp_path):
+    """A dns:/// target: every address the name resolves to, balanced round-robin (here
+    localhost, as a Kubernetes headless Service name would be in a cluster)."""
+    port = target.rsplit(":", 1)[1]
+    out = tmp_path / "dns.jsonl"
+    config = ScoreConfig(inputs=[str(p) for p in good_images[:12]],
+                         target=[f"dns:///localhost:{port}"], model_name=MODEL,
+                         output=str(out), batch_size=4, timeout=10, quiet=True)  # fmt: skip
+    summary = run(config)
+    assert summary.scored == 12 and summary.failed == 0
+
+
 def test_rest_protocol_matches_grpc(target, rest_target, good_images, tmp_path):
     inputs = [str(p) for p in good_images[:10]]
     grpc_out, rest_out = tmp_path / "g.jsonl", tmp_path / "r.csv"

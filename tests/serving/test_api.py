@@ -161,6 +161,17 @@ def test_bad_image_is_invalid_argument_and_server_keeps_serving(stub, images):
     assert stub.Predict(predict_request([images["red"]]), timeout=30).model_spec.version.value == 2
 
 
+def test_oversized_image_is_refused_from_its_header_and_server_keeps_serving(stub, images):
+    png = images["green"]
+    # A real PNG whose header claims 100000 x 100000 pixels: refused before any decoding.
+    bomb = png[:16] + (100_000).to_bytes(4, "big") * 2 + png[24:]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(predict_request([bomb]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image is 100000x100000 = 10000000000 pixels, over the limit" in info.value.details()
+    assert stub.Predict(predict_request([images["red"]]), timeout=30).model_spec.version.value == 2
+
+
 def test_regress_answers_as_tf_serving_for_a_model_without_regression(stub, images):
     request = regression_pb2.RegressionRequest()
     request.model_spec.name = MODEL
