@@ -39,10 +39,9 @@ from beam_jobs.common import (
     setup_logging,
     write_scored,
 )
-from export.contract import INPUT_KEY, SERVING_DEFAULT
+from export.contract import IMAGE_EXTENSIONS, INPUT_KEY, SERVING_DEFAULT
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +188,7 @@ def read_images(p: beam.Pipeline, source: str):
     files = (
         p
         | "MatchFiles" >> fileio.MatchFiles(pattern)
-        | "ImagesOnly" >> beam.Filter(lambda m: m.path.lower().endswith(IMAGE_SUFFIXES))
+        | "ImagesOnly" >> beam.Filter(lambda m: m.path.lower().endswith(IMAGE_EXTENSIONS))
         | "ReadMatches" >> fileio.ReadMatches()
         | "Uris" >> beam.Map(lambda f: f.metadata.path)
     )

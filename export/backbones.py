@@ -64,6 +64,18 @@ class BackboneConfig:
         return asdict(self)
 
     @classmethod
+    def of(cls, flags) -> BackboneConfig:
+        """From a stage's flat config (fields backbone, weights, image_size, feature_layer,
+        alpha): the trainer's and the Beam job's flags name a backbone the same way."""
+        return cls(
+            name=flags.backbone,
+            weights=flags.weights,
+            image_size=flags.image_size,
+            feature_layer=flags.feature_layer,
+            alpha=flags.alpha,
+        )
+
+    @classmethod
     def from_dict(cls, data: dict) -> BackboneConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})

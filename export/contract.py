@@ -15,6 +15,8 @@ SERVE_TAG = "serve"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MODEL_CARD_FILE = "model_card.json"
 LABELS_FILE = "labels.txt"
+# File name endings of the formats the preprocessing contract decodes.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 # signature -> output name -> (dtype name, rank-2 width: "classes" | "k" | "features")
 OUTPUTS = {

@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from export.backbones import build_feature_extractor
+from export.contract import IMAGE_EXTENSIONS
 from export.dataset import SPLITS, TRAIN
 from export.train import TrainConfig, TrainResult, library_versions
 
 log = logging.getLogger(__name__)
 PRETRAINED_BACKBONE = "efficientnet_lite0"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 def sample_photos() -> list[str]:
@@ -47,7 +47,7 @@ class ImageListSource:
 def _images_under(root: str | None) -> list[str]:
     if not root:
         return sample_photos()
-    found = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not found:
         raise ValueError(f"{root}: no images to check the ImageNet model with")
     return found

@@ -61,13 +61,7 @@ class TrainConfig:
     progress: bool = opt(True, "show progress bars")
 
     def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig(
-            name=self.backbone,
-            weights=self.weights,
-            image_size=self.image_size,
-            feature_layer=self.feature_layer,
-            alpha=self.alpha,
-        )
+        return BackboneConfig.of(self)
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(self.validation_percent, self.test_percent)

@@ -18,6 +18,7 @@ def test_interface_names_match_the_export_contract():
 
     assert config.INPUT_KEY == contract.INPUT_KEY
     assert config.SERVING_DEFAULT == contract.SERVING_DEFAULT
+    assert config.IMAGE_EXTENSIONS == contract.IMAGE_EXTENSIONS
 
 
 def test_batches_respect_count_and_bytes_and_keep_order():
