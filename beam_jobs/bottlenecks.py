@@ -22,6 +22,7 @@ import json
 import logging
 import posixpath
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -44,6 +45,7 @@ from export.bottleneck_schema import (
     encode_example,
 )
 from export.dataset import SplitConfig, parse_path, split_of
+from export.features import FeatureModel, ImageError
 from export.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
@@ -227,58 +229,63 @@ class ReadListedFile(beam.DoFn):
         return [ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)]
 
 
-# ------------------------------------------------------------------------- decode and features
+# ---------------------------------------------------------------------------------- features
 
 
-class DecodeForBackbone(beam.DoFn):
-    """ImageRecord -> (ImageKey, model input) through the shared preprocessing contract."""
-
-    def __init__(self, backbone: BackboneConfig, max_pixels: int):
-        self.backbone = backbone
-        self.max_pixels = max_pixels
-        self.failed = Metrics.counter(NAMESPACE, "images_failed")
-        self._preprocess = None
-
-    def setup(self):
-        from export.preprocessing import EagerPreprocessor, Preprocessor
-
-        self._preprocess = EagerPreprocessor(Preprocessor(self.backbone, self.max_pixels))
-
-    def process(self, record: ImageRecord):
-        image, reason = self._preprocess(record.data)
-        if reason is not None:
-            self.failed.inc()
-            return [beam.pvalue.TaggedOutput("errors", error_row(record.uri, reason))]
-        return [(ImageKey(record.uri, record.label, record.split, record.sha256), image)]
-
-
-class BackboneModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
-    """Beam ModelHandler for a registry backbone: loaded once per worker process, batched."""
+class BackboneModelHandler(ModelHandler[bytes, Any, FeatureModel]):
+    """Beam ModelHandler for a registry backbone: encoded images in, loaded once per worker
+    process, batched; a refused image comes out as an ImageError, never as a failed batch."""
 
     def __init__(
-        self, backbone: BackboneConfig, *, min_batch_size: int = 8, max_batch_size: int = 64
+        self,
+        backbone: BackboneConfig,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        *,
+        min_batch_size: int = 8,
+        max_batch_size: int = 64,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.backbone = backbone
+        self.max_pixels = max_pixels
         self._batches = Metrics.counter(NAMESPACE, "batches")
+        self._redone = Metrics.counter(NAMESPACE, "batches_redone_per_image")
 
-    def load_model(self):
+    def load_model(self) -> FeatureModel:
         from export.backbones import build_feature_extractor
+        from export.preprocessing import Preprocessor
 
-        return build_feature_extractor(self.backbone)
+        return FeatureModel(
+            build_feature_extractor(self.backbone), Preprocessor(self.backbone, self.max_pixels)
+        )
 
-    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None):
+    def run_inference(self, batch: Sequence[bytes], model: FeatureModel, inference_args=None):
         from apache_beam.ml.inference.base import PredictionResult
 
         self._batches.inc()
-        features = np.asarray(model(np.stack(batch), training=False), dtype=np.float32)
-        return [PredictionResult(x, y) for x, y in zip(batch, features)]
+        outputs, redone = model.features(batch)
+        if redone:
+            self._redone.inc()
+        return [PredictionResult(x, y) for x, y in zip(batch, outputs)]
 
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(x.nbytes for x in batch)
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(x) for x in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"{NAMESPACE}_backbone"
+
+
+class SplitRefused(beam.DoFn):
+    """(ImageKey, PredictionResult) -> (ImageKey, features), or an error row for a refused one."""
+
+    def __init__(self):
+        self.failed = Metrics.counter(NAMESPACE, "images_failed")
+
+    def process(self, element):
+        key, result = element
+        if isinstance(result.inference, ImageError):
+            self.failed.inc()
+            return [beam.pvalue.TaggedOutput("errors", error_row(key.uri, result.inference.reason))]
+        return [(key, np.asarray(result.inference, dtype=np.float32))]
 
 
 # ----------------------------------------------------------------------------- duplicates
@@ -326,17 +333,43 @@ class CountSplit(beam.DoFn):
         yield (key.split, key.label), 1
 
 
-def to_example(row, labels: list[str], backbone: str) -> bytes:
+def to_unlabelled_example(row, backbone: str) -> bytes:
+    """First pass: the row as written before the label ids and the duplicates are known."""
     key, features = row
     return encode_example(
         uri=key.uri,
         sha256=key.sha256,
         label=key.label,
-        label_id=labels.index(key.label),
+        label_id=-1,
         split=key.split,
         features=features,
         backbone=backbone,
     )
+
+
+def from_unlabelled_example(serialized: bytes):
+    """Second pass: (ImageKey, the parsed tf.Example); the features stay in the proto."""
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature
+
+    def text(name: str) -> str:
+        return feature[name].bytes_list.value[0].decode("utf-8")
+
+    return ImageKey(text("image/uri"), text("label"), text("split"), text("image/sha256")), example
+
+
+def labelled(row, labels: list[str]) -> bytes:
+    """The final tf.Example: the first pass's, with its label id."""
+    key, example = row
+    label_id = example.features.feature["label_id"].int64_list.value
+    label_id[:] = [labels.index(key.label)]
+    return example.SerializeToString()
+
+
+def feature_count(row) -> int:
+    return len(row[1].features.feature["features"].float_list.value)
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -360,8 +393,10 @@ def write_sidecars(
     feature_dims: list[int],
     shards: list[str],
     info: dict,
+    temporary: list[str] = (),
 ) -> str:
-    """labels.txt and metadata.json; runs after the TFRecord shards were finalised."""
+    """labels.txt and metadata.json; runs after the TFRecord shards were finalised. Then the
+    first pass's temporary shards go."""
     table: dict[str, dict[str, int]] = {}
     for (split, label), n in counts:
         table.setdefault(split, {})[label] = n
@@ -380,14 +415,24 @@ def write_sidecars(
     write_atomically(FileSystems.join(output, LABELS_FILE), ("\n".join(labels) + "\n").encode())
     text = json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n"
     write_atomically(FileSystems.join(output, METADATA_FILE), text.encode())
+    remove_temporary(list(temporary))
     return FileSystems.join(output, METADATA_FILE)
+
+
+def remove_temporary(paths: list[str]) -> None:
+    directories = sorted({posixpath.dirname(p) for p in paths})
+    for group in (paths, directories):
+        try:
+            FileSystems.delete(group)
+        except Exception as exc:  # noqa: BLE001 - leftovers are hidden and harmless
+            log.warning("could not remove temporary files %s: %s", group, exc)
 
 
 @dataclasses.dataclass
 class Outputs:
     """Named PCollections, for tests (assert_that) and callers that extend the pipeline."""
 
-    rows: beam.PCollection  # (ImageKey, features) after de-duplication
+    rows: beam.PCollection  # (ImageKey, tf.train.Example) after de-duplication
     errors: beam.PCollection  # {"uri", "reason"}
     duplicates: beam.PCollection  # duplicate/leakage reports
     labels: beam.PCollection  # one element: sorted class names
@@ -412,26 +457,40 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
         records = (
             p
             | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
+            # One match element fans out to every file: without this, one worker reads them all.
+            | "SpreadFiles" >> beam.Reshuffle()
             | "ReadMatches" >> fileio.ReadMatches()
             | "ReadFiles"
             >> beam.ParDo(ReadClassFolderFile(root, explicit, has_validation, split)).with_outputs(
                 "errors", main="ok"
             )
         )
-    decoded = records.ok | "Decode" >> beam.ParDo(
-        DecodeForBackbone(backbone, config.max_pixels)
-    ).with_outputs("errors", main="ok")
-
     handler = KeyedModelHandler(
         BackboneModelHandler(
-            backbone, min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size
+            backbone,
+            config.max_pixels,
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
         )
     )
     inferred, dead_letters = (
-        decoded.ok | "Features" >> RunInference(handler).with_exception_handling()
+        records.ok
+        | "KeyImages" >> beam.Map(lambda r: (ImageKey(r.uri, r.label, r.split, r.sha256), r.data))
+        | "Features" >> RunInference(handler).with_exception_handling()
     )
-    features = inferred | "Unwrap" >> beam.MapTuple(
-        lambda key, result: (key, np.asarray(result.inference, dtype=np.float32))
+    features = inferred | "SplitRefused" >> beam.ParDo(SplitRefused()).with_outputs(
+        "errors", main="ok"
+    )
+    # First pass, streamed: features go to temporary shards as they are computed, so nothing
+    # waits in memory for the label list or for the duplicate report (both need every image).
+    temporary = (
+        features.ok
+        | "ToUnlabelled" >> beam.Map(to_unlabelled_example, backbone=backbone.name)
+        | "WriteTempFeatures"
+        >> beam.io.WriteToTFRecord(
+            FileSystems.join(config.output, f".tmp-{uuid.uuid4().hex}", "part"),
+            compression_type=beam.io.filesystem.CompressionTypes.UNCOMPRESSED,
+        )
     )
 
     copies = (
@@ -440,12 +499,18 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
         | "GroupCopies" >> beam.GroupByKey()
         | "FindCopies" >> beam.ParDo(FindCopies()).with_outputs("dropped", main="duplicates")
     )
-    rows = features | "DropCopies" >> beam.Filter(
-        not_dropped, dropped=beam.pvalue.AsDict(copies.dropped)
+    # Second pass, once the temporary shards are complete: drop the copies, number the labels.
+    rows = (
+        temporary
+        | "ReadTempFeatures"
+        >> beam.io.ReadAllFromTFRecord(
+            compression_type=beam.io.filesystem.CompressionTypes.UNCOMPRESSED
+        )
+        | "ParseTemp" >> beam.Map(from_unlabelled_example)
+        | "DropCopies" >> beam.Filter(not_dropped, dropped=beam.pvalue.AsDict(copies.dropped))
     )
-    # Labels come from what was read, not from the features, so that writing examples never
-    # waits for (and never buffers) every feature row. A class whose images all fail to decode
-    # keeps its label id; the trainer then names it as a class without decodable images.
+    # Labels come from what was read, not from the features. A class whose images all fail to
+    # decode keeps its label id; the trainer then names it as a class without decodable images.
     labels = (
         records.ok
         | "Label" >> beam.Map(lambda record: record.label)
@@ -455,7 +520,7 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
     )
     errors = (
         records.errors,
-        decoded.errors,
+        features.errors,
         failed_batch_rows(
             dead_letters.failed_inferences, "feature extraction", uri=lambda key: key.uri
         ),
@@ -463,8 +528,7 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
     shard_kwargs = {"num_shards": config.num_shards} if config.num_shards else {}
     shards = (
         rows
-        | "ToExample"
-        >> beam.Map(to_example, labels=beam.pvalue.AsSingleton(labels), backbone=backbone.name)
+        | "SetLabelId" >> beam.Map(labelled, labels=beam.pvalue.AsSingleton(labels))
         | "WriteTFRecords"
         >> beam.io.WriteToTFRecord(
             FileSystems.join(config.output, FEATURES_PREFIX),
@@ -482,7 +546,7 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
         )
     )
     counts = rows | "CountSplit" >> beam.ParDo(CountSplit()) | beam.CombinePerKey(sum)
-    feature_dims = rows | "Dim" >> beam.Map(lambda row: int(row[1].shape[0])) | beam.Distinct()
+    feature_dims = rows | "Dim" >> beam.Map(feature_count) | beam.Distinct()
     error_count = errors | "CountErrors" >> beam.combiners.Count.Globally()
     metadata_path = (
         p
@@ -498,6 +562,7 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
             feature_dims=beam.pvalue.AsList(feature_dims),
             shards=beam.pvalue.AsList(shards),
             info=options_info,
+            temporary=beam.pvalue.AsList(temporary),
         )
     )
     return Outputs(rows, errors, copies.duplicates, labels, metadata_path)

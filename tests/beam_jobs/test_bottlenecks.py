@@ -74,6 +74,7 @@ def test_output_files_schema_and_metadata(bottlenecks_dir, shapes_root):
     shards = sorted(p.name for p in out.glob("features-*.tfrecord.gz"))
     assert shards == ["features-00000-of-00002.tfrecord.gz", "features-00001-of-00002.tfrecord.gz"]
     assert (out / "labels.txt").read_text() == "blue\ngreen\nred\n"
+    assert not list(out.glob(".tmp-*")), "the first pass's temporary shards were left behind"
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["backbone"]["name"] == "tiny" and meta["feature_dim"] == 32
     assert meta["preprocessing_version"] == "1" and meta["errors"] == 2
@@ -150,6 +151,7 @@ def test_list_input_with_labels_and_missing_files(shapes_root, tmp_path):
     # 6 read, of which blue/broken.jpg fails to decode; missing.jpg and the unlabelled row fail.
     assert counters["images_read"] == 6 and counters["images_failed"] == 3
     assert counters["batches"] >= 1
+    assert counters["batches_redone_per_image"] >= 1  # the broken JPEG shared a batch
     assert sum(counters.get(f"images_{s}", 0) for s in ("train", "validation", "test")) == 5
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["labels"] == ["blue", "red"] and meta["total"] == 5
@@ -199,7 +201,7 @@ def test_pipeline_builds_and_pickles_with_dataflow_gpu_options(shapes_root, tmp_
     bottlenecks.build_pipeline(pipeline, config, bottlenecks.job_info(config, options))
     proto = pipeline.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"Decode", "Features", "WriteTFRecords", "WriteMetadata"} <= {
+    assert {"Features", "WriteTempFeatures", "WriteTFRecords", "WriteMetadata"} <= {
         n.split("/")[0] for n in names
     }
     rebuilt = beam.Pipeline.from_runner_api(proto, pipeline.runner, options)
