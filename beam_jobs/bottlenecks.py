@@ -35,6 +35,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.common import NAMESPACE, failed_batch_rows, run_pipeline, setup_logging
+from beam_jobs.tfrecord_sink import GzipTFRecordSink
 from export.backbones import BackboneConfig
 from export.bottleneck_schema import (
     ERRORS_PREFIX,
@@ -525,16 +526,16 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
             dead_letters.failed_inferences, "feature extraction", uri=lambda key: key.uri
         ),
     ) | "AllErrors" >> beam.Flatten()
-    shard_kwargs = {"num_shards": config.num_shards} if config.num_shards else {}
     shards = (
         rows
         | "SetLabelId" >> beam.Map(labelled, labels=beam.pvalue.AsSingleton(labels))
         | "WriteTFRecords"
-        >> beam.io.WriteToTFRecord(
-            FileSystems.join(config.output, FEATURES_PREFIX),
-            file_name_suffix=TFRECORD_SUFFIX,
-            compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-            **shard_kwargs,
+        >> beam.io.Write(
+            GzipTFRecordSink(
+                FileSystems.join(config.output, FEATURES_PREFIX),
+                file_name_suffix=TFRECORD_SUFFIX,
+                num_shards=config.num_shards,
+            )
         )
     )
     _ = (
