@@ -20,10 +20,11 @@ def _base_type(hint):
     return hint
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required=()) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required=(), exclude=()) -> None:
+    """`exclude`: fields a tool sets itself (e.g. xfer-compare's per-backbone run directories)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
+        if f.metadata.get("cli") is False or f.name in exclude:
             continue
         kind = _base_type(hints[f.name])
         dashed = "--" + f.name.replace("_", "-")

@@ -73,6 +73,20 @@ def _check_images(result: TrainResult, count: int) -> list[bytes]:
     return images
 
 
+def _fine_tune_card(fine_tune: dict | None) -> dict | None:
+    """The fine-tuning summary; the card's metrics are the fine-tuned model's."""
+    if not fine_tune:
+        return None
+    keep = ("from", "learning_rate", "momentum", "epochs_run", "augmentation")
+    return {
+        **{k: fine_tune[k] for k in keep if k in fine_tune},
+        "trainable_layer_count": len(fine_tune.get("trainable_layers", [])),
+        "head_only_accuracy": {
+            split: m["accuracy"] for split, m in fine_tune.get("head_only_splits", {}).items()
+        },
+    }
+
+
 def model_card(config: ExportConfig, result: TrainResult) -> dict:
     backbone = config.backbone_config()
     return {
@@ -108,6 +122,7 @@ def model_card(config: ExportConfig, result: TrainResult) -> dict:
             "epochs_run": result.metrics["epochs_run"],
             "seed": config.seed,
             "run_dir": str(result.run_dir),
+            "fine_tune": _fine_tune_card(result.metrics.get("fine_tune")),
         },
         "signatures": {
             SERVING_DEFAULT: {

@@ -55,11 +55,22 @@ class InMemoryFeatures:
         y = np.array([self.table.examples[i].label_id for i in idx], np.int64)
         return x, y
 
-    def dataset(self, split: str) -> tf.data.Dataset:
+    def dataset(self, split: str, copies: bool = False) -> tf.data.Dataset:
+        """`copies`: accepted for symmetry with TFRecordFeatures; features computed in process
+        have no augmented copies."""
         return tf.data.Dataset.from_tensor_slices(self.arrays(split))
 
     def uris(self, split: str, limit: int) -> list[str]:
         return [e.path for e in self.table.examples if e.split == split][:limit]
+
+    def read(self, split: str, limit: int | None = None):
+        """(features, label ids, uris) of a split, row-aligned, at most `limit` rows."""
+        x, y = self.arrays(split)
+        return x[:limit], y[:limit], self.uris(split, len(y) if limit is None else limit)
+
+    def labelled_uris(self, split: str) -> list[tuple[str, int]]:
+        """(uri, label id) of every decodable image of a split: what fine-tuning reads."""
+        return [(e.path, e.label_id) for e in self.table.examples if e.split == split]
 
     def rows(self) -> Iterator[tuple[str, str, str]]:
         for example, digest in zip(self.table.examples, self.table.sha256):
@@ -103,17 +114,53 @@ class TFRecordFeatures:
             self.files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE
         ).map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE)
 
-    def dataset(self, split: str) -> tf.data.Dataset:
-        return (
-            self._records()
-            .filter(lambda r: tf.equal(r["split"], split))
-            .map(lambda r: (r["features"], r["label_id"]))
-        )
+    def _split(self, split: str, copies: bool = False) -> tf.data.Dataset:
+        """A split's records; augmented copies (xfer-bottlenecks --augment_copies) only when
+        asked for: the head trains on them, everything that counts or evaluates images does not."""
+        found = self._records().filter(lambda r: tf.equal(r["split"], split))
+        return found if copies else found.filter(lambda r: tf.equal(r["augment_copy"], 0))
+
+    def dataset(self, split: str, copies: bool = False) -> tf.data.Dataset:
+        return self._split(split, copies).map(lambda r: (r["features"], r["label_id"]))
 
     def uris(self, split: str, limit: int) -> list[str]:
-        found = self._records().filter(lambda r: tf.equal(r["split"], split)).take(limit)
+        found = self._split(split).take(limit)
         return [r["image/uri"].decode() for r in found.as_numpy_iterator()]
 
+    def read(self, split: str, limit: int | None = None):
+        """(features, label ids, uris) of a split, row-aligned, at most `limit` rows: one pass,
+        since shards are read interleaved and two passes need not agree on the order."""
+        found = self._split(split)
+        if limit is not None:
+            found = found.take(limit)
+        x, y, uris = [], [], []
+        for r in found.as_numpy_iterator():
+            x.append(r["features"])
+            y.append(r["label_id"])
+            uris.append(r["image/uri"].decode())
+        if not x:
+            return np.zeros((0, self.feature_dim), np.float32), np.zeros(0, np.int64), []
+        return np.stack(x).astype(np.float32), np.asarray(y, np.int64), uris
+
+    def arrays(self, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x, y, _ = self.read(split, limit)
+        return x, y
+
+    def labelled_uris(self, split: str) -> list[tuple[str, int]]:
+        """(uri, label id) of every image of a split, once each (augmented copies share a URI),
+        in a stable order: what fine-tuning reads instead of the cached features."""
+        spec = {k: feature_spec(self.feature_dim)[k] for k in ("image/uri", "label_id", "split")}
+        found = (
+            tf.data.TFRecordDataset(self.files, compression_type="GZIP")
+            .map(lambda s: tf.io.parse_single_example(s, spec))  # not the feature vectors
+            .filter(lambda r: tf.equal(r["split"], split))
+        )
+        pairs = {}
+        for r in found.map(lambda r: (r["image/uri"], r["label_id"])).as_numpy_iterator():
+            pairs.setdefault(r[0].decode(), int(r[1]))
+        return sorted(pairs.items())
+
     def rows(self) -> Iterator[tuple[str, str, str]]:
-        for r in self._records().as_numpy_iterator():
+        originals = self._records().filter(lambda r: tf.equal(r["augment_copy"], 0))
+        for r in originals.as_numpy_iterator():
             yield r["label"].decode(), r["split"].decode(), r["image/sha256"].decode()

@@ -24,7 +24,9 @@ from export.dataset import SPLITS, TEST, TRAIN, VALIDATION, DatasetError, SplitC
 from export.feature_sources import InMemoryFeatures, TFRecordFeatures, content_hash
 from export.features import compute_features
 from export.heads import HEADS, OPTIMIZERS, build_classifier, build_head, build_optimizer
+from export.plots import plot_curves
 from export.preprocessing import DEFAULT_MAX_PIXELS, Preprocessor
+from export.stopping import StopAtAccuracy, check_target, stop_record
 
 log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 50_000  # a full shuffle for datasets up to this size, a window beyond
@@ -53,12 +55,29 @@ class TrainConfig:
     batch_size: int = opt(32, "batch size, for features and for training")
     epochs: int = opt(20, "maximum epochs")
     patience: int = opt(10, "early stopping on validation accuracy; 0 disables it")
+    stop_at_accuracy: float | None = opt(
+        None, "stop once validation accuracy (train accuracy without validation) reaches this"
+    )
     seed: int = opt(42, "random seed for the head's initialisation and shuffling")
     validation_percent: float = opt(10.0, "hash split: percent of images for validation")
     test_percent: float = opt(10.0, "hash split: percent of images for test")
     max_pixels: int = opt(DEFAULT_MAX_PIXELS, "refuse images with more pixels than this")
     min_accuracy: float | None = opt(None, "fail (exit 1) when test accuracy is below this")
     progress: bool = opt(True, "show progress bars")
+    report: bool = opt(True, "write report.html (metrics, plots, Grad-CAM) into the run dir")
+    fine_tune_from: str | None = opt(
+        None,
+        "after the head, train end to end from this backbone layer (a name or a prefix such "
+        "as block_13, mixed7, conv5_block1) onward; earlier layers stay frozen",
+    )
+    fine_tune_epochs: int = opt(5, "maximum fine-tuning epochs (early stopping: --patience)")
+    fine_tune_learning_rate: float = opt(1e-4, "fine-tuning learning rate (SGD with momentum)")
+    fine_tune_momentum: float = opt(0.9, "fine-tuning SGD momentum")
+    augment_rotation: float = opt(40.0, "augmentation: max rotation in degrees; 0 disables")
+    augment_shift: float = opt(0.2, "augmentation: max shift, fraction of width/height; 0 off")
+    augment_shear: float = opt(0.2, "augmentation: max horizontal shear factor; 0 disables")
+    augment_zoom: float = opt(0.2, "augmentation: max zoom in/out per axis (fraction); 0 off")
+    augment_flip: bool = opt(True, "augmentation: random horizontal flips")
 
     def backbone_config(self) -> BackboneConfig:
         return BackboneConfig.of(self)
@@ -96,8 +115,10 @@ def default_run_dir(root: str = "runs") -> Path:
     return Path(root) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def _batches(source, split: str, batch_size: int) -> tf.data.Dataset:
-    return source.dataset(split).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def _batches(source, split: str, batch_size: int, copies: bool = False) -> tf.data.Dataset:
+    """`copies`: with the Beam job's augmented copies (only feature sources take the flag)."""
+    dataset = source.dataset(split, copies=True) if copies else source.dataset(split)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def train_moments(source, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
@@ -105,7 +126,7 @@ def train_moments(source, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict
     total = np.zeros(source.feature_dim, np.float64)
     squares = np.zeros(source.feature_dim, np.float64)
     per_class: dict[int, int] = {}
-    for x, y in _batches(source, TRAIN, 1024).as_numpy_iterator():
+    for x, y in _batches(source, TRAIN, 1024, copies=True).as_numpy_iterator():
         total += x.sum(axis=0, dtype=np.float64)
         squares += np.square(x, dtype=np.float64).sum(axis=0)
         for label_id, n in zip(*np.unique(y, return_counts=True)):
@@ -148,7 +169,7 @@ def fit_head(config: TrainConfig, source, mean, variance):
         metrics=["accuracy"],
     )
     train_ds = (
-        source.dataset(TRAIN)
+        source.dataset(TRAIN, copies=True)  # with the Beam job's augmented copies, if any
         .shuffle(SHUFFLE_BUFFER, seed=config.seed, reshuffle_each_iteration=True)
         .batch(config.batch_size)
         .prefetch(tf.data.AUTOTUNE)
@@ -169,6 +190,8 @@ def fit_head(config: TrainConfig, source, mean, variance):
                 restore_best_weights=True,
             )
         )
+    if config.stop_at_accuracy is not None:
+        callbacks.append(StopAtAccuracy(config.stop_at_accuracy, has_validation))
     started = time.perf_counter()
     history = head.fit(
         train_ds,
@@ -209,34 +232,6 @@ def _history_csv(history: dict) -> str:
     for epoch in range(len(history[keys[0]]) if keys else 0):
         writer.writerow([epoch + 1, *(history[k][epoch] for k in keys)])
     return buf.getvalue()
-
-
-def plot_curves(history: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            values = history.get(prefix + metric)
-            if values:
-                ax.plot(
-                    range(1, len(values) + 1),
-                    values,
-                    style,
-                    label=("validation" if prefix else "train"),
-                )
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    fsutil.atomic_write_bytes(path, buf.getvalue())
 
 
 def library_versions() -> dict:
@@ -285,6 +280,7 @@ def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> T
 def train(config: TrainConfig) -> TrainResult:
     if bool(config.data) == bool(config.bottlenecks):
         raise ValueError("give exactly one of data (class folders) or bottlenecks (Beam output)")
+    check_target(config.stop_at_accuracy)  # before minutes of feature extraction
     extractor = None
     if config.bottlenecks:
         source = TFRecordFeatures(config.bottlenecks)
@@ -292,6 +288,11 @@ def train(config: TrainConfig) -> TrainResult:
         where = source.metadata["job_options"]["xfer"]["input"]
     else:
         source, extractor, where = _features_from_images(config)
+    tuner = None
+    if config.fine_tune_from:  # resolve the layer now, not after the head's epochs
+        from export.finetune import FineTuner
+
+        tuner = FineTuner.prepare(config, extractor)
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     fsutil.atomic_write_json(run_dir / "config.json", asdict(config))
@@ -300,6 +301,8 @@ def train(config: TrainConfig) -> TrainResult:
     _check_classes(source.labels, per_class, where)
     head, history, seconds = fit_head(config, source, mean, variance)
     splits = evaluate_splits(head, source)
+    if tuner:
+        extractor, splits = tuner.run(run_dir, source, head, splits)
     metrics = {
         "splits": splits,
         "labels": source.labels,
@@ -310,9 +313,12 @@ def train(config: TrainConfig) -> TrainResult:
         "feature_dim": source.feature_dim,
         "epochs_run": len(next(iter(history.values()), [])),
         "train_seconds": seconds,
+        "stopped_at_accuracy": stop_record(history, config.stop_at_accuracy),
         "data_hash": content_hash(source.rows()),
         "versions": library_versions(),
     }
+    if tuner:
+        metrics["fine_tune"] = tuner.metrics
     fsutil.atomic_write_text(run_dir / "labels.txt", "\n".join(source.labels) + "\n")
     fsutil.atomic_write_text(run_dir / "history.csv", _history_csv(history))
     plot_curves(history, run_dir / "curves.png")
@@ -327,6 +333,10 @@ def train(config: TrainConfig) -> TrainResult:
             splits[split]["count"],
         )
     result = TrainResult(config, run_dir, source.labels, head, source, metrics, extractor)
+    if config.report:
+        from export.report import write_run_report
+
+        write_run_report(result)
     check_min_accuracy(metrics, config.min_accuracy)
     return result
 

@@ -1,0 +1,71 @@
+"""`--stop-at-accuracy`: stop training once a target accuracy is reached (the tutorials' 99%
+callback), for the head trainer and the from-scratch baseline alike.
+
+With validation data the callback watches `val_accuracy`: stopping when the *training* accuracy
+hits a target rewards memorising the training set, and a head on frozen features reaches 100%
+training accuracy long before it generalises. Without validation data it falls back to the
+training `accuracy` (logged), since that is the only signal there is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+log = logging.getLogger(__name__)
+
+
+def monitored_metric(has_validation: bool) -> str:
+    return "val_accuracy" if has_validation else "accuracy"
+
+
+def check_target(target: float | None) -> None:
+    if target is not None and not 0 < target <= 1:
+        raise ValueError(f"stop_at_accuracy must be in (0, 1]; received {target}")
+
+
+class StopAtAccuracy(keras.callbacks.Callback):
+    """Sets `model.stop_training` at the end of the first epoch whose accuracy >= target."""
+
+    def __init__(self, target: float, has_validation: bool):
+        super().__init__()
+        check_target(target)
+        self.target = target
+        self.monitor = monitored_metric(has_validation)
+        self.stopped_epoch: int | None = None  # 1-based, None while the target is not reached
+        if not has_validation:
+            log.warning(
+                "stop_at_accuracy %s watches the training accuracy: there is no validation data",
+                target,
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value >= self.target:
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+            log.info(
+                "%s %.4f reached stop_at_accuracy %s after epoch %d",
+                self.monitor,
+                value,
+                self.target,
+                self.stopped_epoch,
+            )
+
+
+def stop_record(history: dict, target: float | None) -> dict | None:
+    """metrics.json's `stopped_at_accuracy`, derived from the history the callback acted on:
+    the first epoch (1-based) whose monitored accuracy reached the target; `epoch` is None when
+    the target was never reached (all epochs, or early stopping, ran). None without a target."""
+    if target is None:
+        return None
+    monitor = monitored_metric("val_accuracy" in history)
+    values = history.get(monitor, [])
+    epoch = next((i + 1 for i, value in enumerate(values) if value >= target), None)
+    return {
+        "target": target,
+        "monitor": monitor,
+        "epoch": epoch,
+        "accuracy": None if epoch is None else float(values[epoch - 1]),
+    }
