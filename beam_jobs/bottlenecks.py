@@ -36,6 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.common import NAMESPACE, failed_batch_rows, run_pipeline, setup_logging
 from beam_jobs.tfrecord_sink import GzipTFRecordSink
+from export.augment import AugmentConfig
 from export.backbones import BackboneConfig
 from export.bottleneck_schema import (
     ERRORS_PREFIX,
@@ -45,7 +46,7 @@ from export.bottleneck_schema import (
     TFRECORD_SUFFIX,
     encode_example,
 )
-from export.dataset import SplitConfig, parse_path, split_of
+from export.dataset import TRAIN, SplitConfig, parse_path, split_of
 from export.features import FeatureModel, ImageError
 from export.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION
 
@@ -71,9 +72,24 @@ class BottleneckConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_batch_size: int = 8
     max_batch_size: int = 64
+    augment_copies: int = 0  # augmented feature copies per training image (never other splits)
+    augment_rotation: float = AugmentConfig.rotation
+    augment_shift: float = AugmentConfig.shift
+    augment_shear: float = AugmentConfig.shear
+    augment_zoom: float = AugmentConfig.zoom
+    augment_flip: bool = AugmentConfig.flip
+
+    def __post_init__(self):
+        if self.augment_copies < 0:
+            raise ValueError(f"--augment_copies must be >= 0; received {self.augment_copies}")
+        if self.augment_copies:
+            self.augment_config()  # refuse bad ranges before the job starts
 
     def backbone_config(self) -> BackboneConfig:
         return BackboneConfig.of(self)
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig.of(self)
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(self.validation_percent, self.test_percent)
@@ -112,6 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max_batch_size", "--max-batch-size", type=int, default=defaults.max_batch_size
     )
+    parser.add_argument(
+        "--augment_copies",
+        "--augment-copies",
+        type=int,
+        default=0,
+        help="write K augmented feature copies of each training image (validation and test "
+        "images are never augmented); the transforms are xfer-train's --augment-* flags",
+    )
+    for name in ("rotation", "shift", "shear", "zoom"):
+        parser.add_argument(
+            f"--augment_{name}",
+            f"--augment-{name}",
+            type=float,
+            default=getattr(AugmentConfig, name),
+        )
+    parser.add_argument(
+        "--augment_flip",
+        "--augment-flip",
+        action=argparse.BooleanOptionalAction,
+        default=AugmentConfig.flip,
+    )
     return parser
 
 
@@ -138,6 +175,7 @@ class ImageKey(NamedTuple):
     label: str
     split: str
     sha256: str
+    copy: int = 0  # 0: the image itself; k > 0: its k-th augmented copy (training split only)
 
 
 def error_row(uri: str, reason: str) -> dict:
@@ -244,10 +282,12 @@ class BackboneModelHandler(ModelHandler[bytes, Any, FeatureModel]):
         *,
         min_batch_size: int = 8,
         max_batch_size: int = 64,
+        pixels: bool = False,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.backbone = backbone
         self.max_pixels = max_pixels
+        self.pixels = pixels  # inputs are preprocessed images (augmented copies), not bytes
         self._batches = Metrics.counter(NAMESPACE, "batches")
         self._redone = Metrics.counter(NAMESPACE, "batches_redone_per_image")
 
@@ -263,13 +303,16 @@ class BackboneModelHandler(ModelHandler[bytes, Any, FeatureModel]):
         from apache_beam.ml.inference.base import PredictionResult
 
         self._batches.inc()
+        if self.pixels:
+            features = model.features_of_pixels(np.stack(batch))
+            return [PredictionResult(x, y) for x, y in zip(batch, features)]
         outputs, redone = model.features(batch)
         if redone:
             self._redone.inc()
         return [PredictionResult(x, y) for x, y in zip(batch, outputs)]
 
-    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
-        return sum(len(x) for x in batch)
+    def get_num_bytes(self, batch: Sequence) -> int:
+        return sum(x.nbytes if self.pixels else len(x) for x in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"{NAMESPACE}_backbone"
@@ -287,6 +330,39 @@ class SplitRefused(beam.DoFn):
             self.failed.inc()
             return [beam.pvalue.TaggedOutput("errors", error_row(key.uri, result.inference.reason))]
         return [(key, np.asarray(result.inference, dtype=np.float32))]
+
+
+class AugmentCopies(beam.DoFn):
+    """A training image -> K augmented model inputs, keyed as copies 1..K of it.
+
+    Copy k is a pure function of the image's bytes (its sha256) and k, so a retried bundle or a
+    re-run job writes the same copies. An image the contract refuses yields nothing here: the
+    image's own path already reports it.
+    """
+
+    def __init__(self, backbone: BackboneConfig, max_pixels: int, augment, copies: int):
+        self.backbone = backbone
+        self.max_pixels = max_pixels
+        self.augment = augment
+        self.copies = copies
+        self.written = Metrics.counter(NAMESPACE, "augmented_copies")
+        self._preprocess = None
+
+    def setup(self):
+        from export.preprocessing import EagerPreprocessor, Preprocessor
+
+        self._preprocess = EagerPreprocessor(Preprocessor(self.backbone, self.max_pixels))
+
+    def process(self, record: ImageRecord):
+        from export.augment import augment_copies
+
+        pixels, reason = self._preprocess(record.data)
+        if reason is not None:
+            return
+        images = augment_copies(pixels, self.augment, record.sha256, self.copies)
+        self.written.inc(len(images))
+        for k, image in enumerate(images, start=1):
+            yield ImageKey(record.uri, record.label, record.split, record.sha256, k), image
 
 
 # ----------------------------------------------------------------------------- duplicates
@@ -330,6 +406,8 @@ def not_dropped(row, dropped: dict) -> bool:
 class CountSplit(beam.DoFn):
     def process(self, row):
         key, _ = row
+        if key.copy:
+            return  # counts are of images; their augmented copies are counted apart
         Metrics.counter(NAMESPACE, f"images_{key.split}").inc()
         yield (key.split, key.label), 1
 
@@ -345,6 +423,7 @@ def to_unlabelled_example(row, backbone: str) -> bytes:
         split=key.split,
         features=features,
         backbone=backbone,
+        augment_copy=key.copy,
     )
 
 
@@ -358,7 +437,15 @@ def from_unlabelled_example(serialized: bytes):
     def text(name: str) -> str:
         return feature[name].bytes_list.value[0].decode("utf-8")
 
-    return ImageKey(text("image/uri"), text("label"), text("split"), text("image/sha256")), example
+    copy = feature["augment_copy"].int64_list.value
+    key = ImageKey(
+        text("image/uri"),
+        text("label"),
+        text("split"),
+        text("image/sha256"),
+        int(copy[0]) if copy else 0,
+    )
+    return key, example
 
 
 def labelled(row, labels: list[str]) -> bytes:
@@ -395,6 +482,7 @@ def write_sidecars(
     shards: list[str],
     info: dict,
     temporary: list[str] = (),
+    augmented: int = 0,
 ) -> str:
     """labels.txt and metadata.json; runs after the TFRecord shards were finalised. Then the
     first pass's temporary shards go."""
@@ -407,6 +495,7 @@ def write_sidecars(
         "num_classes": len(labels),
         "counts": table,
         "total": sum(n for _, n in counts),
+        "augmented_copies": augmented,
         "errors": errors,
         "feature_dim": feature_dims[0] if feature_dims else None,
         "duplicates": sorted(duplicates, key=lambda d: d["kept"]),
@@ -482,10 +571,15 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
     features = inferred | "SplitRefused" >> beam.ParDo(SplitRefused()).with_outputs(
         "errors", main="ok"
     )
+    feature_rows = features.ok
+    if config.augment_copies:
+        feature_rows = (feature_rows, augmented_rows(records.ok, config)) | "WithCopies" >> (
+            beam.Flatten()
+        )
     # First pass, streamed: features go to temporary shards as they are computed, so nothing
     # waits in memory for the label list or for the duplicate report (both need every image).
     temporary = (
-        features.ok
+        feature_rows
         | "ToUnlabelled" >> beam.Map(to_unlabelled_example, backbone=backbone.name)
         | "WriteTempFeatures"
         >> beam.io.WriteToTFRecord(
@@ -549,6 +643,11 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
     counts = rows | "CountSplit" >> beam.ParDo(CountSplit()) | beam.CombinePerKey(sum)
     feature_dims = rows | "Dim" >> beam.Map(feature_count) | beam.Distinct()
     error_count = errors | "CountErrors" >> beam.combiners.Count.Globally()
+    augmented = (
+        rows
+        | "CopiesOnly" >> beam.Filter(lambda row: row[0].copy > 0)
+        | "CountCopies" >> beam.combiners.Count.Globally()
+    )
     metadata_path = (
         p
         | "Once" >> beam.Create([None])
@@ -564,9 +663,38 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
             shards=beam.pvalue.AsList(shards),
             info=options_info,
             temporary=beam.pvalue.AsList(temporary),
+            augmented=beam.pvalue.AsSingleton(augmented),
         )
     )
     return Outputs(rows, errors, copies.duplicates, labels, metadata_path)
+
+
+def augmented_rows(records, config: BottleneckConfig):
+    """(ImageKey with copy k, features) for K augmented copies of every training image."""
+    backbone = config.backbone_config()
+    handler = KeyedModelHandler(
+        BackboneModelHandler(
+            backbone,
+            config.max_pixels,
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
+            pixels=True,
+        )
+    )
+    inferred = (
+        records
+        | "TrainingOnly" >> beam.Filter(lambda r: r.split == TRAIN)
+        | "Augment"
+        >> beam.ParDo(
+            AugmentCopies(
+                backbone, config.max_pixels, config.augment_config(), config.augment_copies
+            )
+        )
+        | "CopyFeatures" >> RunInference(handler)
+    )
+    return inferred | "UnwrapCopies" >> beam.MapTuple(
+        lambda key, result: (key, np.asarray(result.inference, dtype=np.float32))
+    )
 
 
 def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
@@ -577,6 +705,11 @@ def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
         "preprocessing": Preprocessor(config.backbone_config(), config.max_pixels).describe(),
         "preprocessing_version": PREPROCESSING_VERSION,
         "split": dataclasses.asdict(config.split_config()),
+        "augment": {
+            "copies": config.augment_copies,
+            "splits": [TRAIN] if config.augment_copies else [],
+            **(config.augment_config().to_dict() if config.augment_copies else {}),
+        },
         "job_options": {
             "xfer": dataclasses.asdict(config),
             "pipeline": options.get_all_options(drop_default=True),

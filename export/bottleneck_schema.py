@@ -2,7 +2,8 @@
 
 One gzip-compressed tf.Example per image:
   image/uri (bytes), image/sha256 (bytes, hex), label (bytes), label_id (int64),
-  split (bytes: train|validation|test), features (float list), backbone (bytes)
+  split (bytes: train|validation|test), features (float list), backbone (bytes),
+  augment_copy (int64: 0 for the image itself, k for its k-th augmented copy; training split only)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def encode_example(
     split: str,
     features: np.ndarray,
     backbone: str,
+    augment_copy: int = 0,
 ) -> bytes:
     feature = {
         "image/uri": _bytes(uri),
@@ -42,6 +44,7 @@ def encode_example(
             float_list=tf.train.FloatList(value=np.asarray(features, np.float32).ravel().tolist())
         ),
         "backbone": _bytes(backbone),
+        "augment_copy": tf.train.Feature(int64_list=tf.train.Int64List(value=[augment_copy])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -55,6 +58,8 @@ def feature_spec(feature_dim: int) -> dict:
         "split": tf.io.FixedLenFeature([], tf.string),
         "features": tf.io.FixedLenFeature([feature_dim], tf.float32),
         "backbone": tf.io.FixedLenFeature([], tf.string),
+        # 0: the image; k > 0: its k-th augmented copy. Absent in files written before copies.
+        "augment_copy": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     }
 
 

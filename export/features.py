@@ -63,6 +63,10 @@ class FeatureModel:
     def feature_dim(self) -> int:
         return int(self.extractor.output.shape[-1])
 
+    def features_of_pixels(self, images: np.ndarray) -> np.ndarray:
+        """Model inputs [N, S, S, 3] already preprocessed (e.g. augmented copies) -> features."""
+        return self._from_pixels(images).numpy()
+
     def features(self, images: Sequence[bytes]) -> tuple[list, bool]:
         """(float32 features or ImageError per image, whether the batch was redone per image)."""
         if not images:
