@@ -31,7 +31,7 @@ OUT ?= out/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test lint pytest k8s-check demo export serve bottlenecks bench clean
+.PHONY: venv test lint pytest k8s-check chromium demo export serve bottlenecks bench clean
 
 venv: $(STAMP)
 
@@ -51,8 +51,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The HTML run report's test renders it in headless Chromium (Debian's package). Installed here
+# when missing and this is root on Debian; otherwise the test says how to install it (or set
+# XFER_SKIP_BROWSER=1 to skip only that check).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the report's browser test"; \
+		(apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)); \
+	else echo "chromium not installed: the report browser test will fail (apt-get install chromium)"; fi
 
 # kubectl (with kustomize) is what k8s-check needs from the machine; without it the check is
 # skipped with a message, everything else still runs.

