@@ -55,9 +55,7 @@ class InMemoryFeatures:
         y = np.array([self.table.examples[i].label_id for i in idx], np.int64)
         return x, y
 
-    def dataset(self, split: str, copies: bool = False) -> tf.data.Dataset:
-        """`copies`: accepted for symmetry with TFRecordFeatures; features computed in process
-        have no augmented copies."""
+    def dataset(self, split: str) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices(self.arrays(split))
 
     def uris(self, split: str, limit: int) -> list[str]:
@@ -96,6 +94,8 @@ class TFRecordFeatures:
             pattern = f"{FEATURES_PREFIX}-*{TFRECORD_SUFFIX}"
             raise FileNotFoundError(f"{self.prefix}: no {pattern} shards")
         self.feature_dim = int(self.metadata["feature_dim"])
+        # Written with xfer-bottlenecks --augment_copies: training rows have augmented copies.
+        self.has_copies = bool(self.metadata.get("augmented_copies"))
         self.skipped = self._errors()
 
     def _errors(self) -> list[dict]:

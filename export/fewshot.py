@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import fsutil
+from export import fsutil, heads
 from export.cliargs import add_config_arguments, config_from_args, setup_logging
 
 log = logging.getLogger("xfer-fewshot")
@@ -52,10 +52,6 @@ FLAGS = (
     "progress",
 )
 DEFAULT_EPOCHS = 50
-# With 1 or 5 images per class a feature can be (nearly) constant over the training images;
-# standardising by that variance would blow it up on test images, so variances are floored at
-# this fraction of the mean variance over all features.
-VARIANCE_FLOOR = 0.1
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE = 0, 1, 2
 
 
@@ -169,7 +165,8 @@ class ShotSplit:
 def moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(axis=0, dtype=np.float64)
     variance = x.var(axis=0, dtype=np.float64)
-    variance = np.maximum(variance, VARIANCE_FLOOR * variance.mean())
+    # With 1 or 5 images per class many features are constant over the training images:
+    # build_head floors the variance (heads.VARIANCE_FLOOR) so they do not blow up on test images.
     return mean.astype(np.float32), variance.astype(np.float32)
 
 
@@ -423,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             "learning_rate": config.learning_rate,
             "batch_size": config.batch_size,
             "standardisation": f"training images' mean and variance, variance floored at "
-            f"{VARIANCE_FLOOR} x its mean over features",
+            f"{heads.VARIANCE_FLOOR} x its mean over features",
             "std": "sample standard deviation over repeats (ddof=1)",
         },
         "results": results,

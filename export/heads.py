@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 HEADS = ("softmax", "mlp")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+# Standardising divides by each feature's training standard deviation. A feature that is (nearly)
+# constant in training, e.g. a channel that never fires on this data (181 of EfficientNet-Lite0's
+# 1,280 on the digits), would be multiplied by up to 1/sqrt(1e-7): the first image or fine-tuning
+# step that wakes it sends the logits to 1e5 and the loss to 1e14 (measured). Variances are
+# floored at this fraction of their mean over features (digits test accuracy: 95.9% without,
+# 96.5% with).
+VARIANCE_FLOOR = 0.1
+
+
+def floor_variance(variance, fraction: float = VARIANCE_FLOOR) -> np.ndarray:
+    variance = np.asarray(variance, dtype=np.float64)
+    return np.maximum(variance, fraction * variance.mean()).astype(np.float32)
 
 
 def build_head(
@@ -25,8 +38,9 @@ def build_head(
     softmax; the pooling already happened in the feature extractor (so that features can be
     cached as vectors), the rest is here.
 
-    Both start by standardising features with the training set's mean and variance, so one
-    learning rate suits backbones whose features differ in scale by orders of magnitude.
+    Both start by standardising features with the training set's mean and variance (floored:
+    VARIANCE_FLOOR), so one learning rate suits backbones whose features differ in scale by
+    orders of magnitude.
     """
     if kind not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}; received {kind!r}")
@@ -39,7 +53,7 @@ def build_head(
     x = inputs
     if feature_mean is not None:
         x = keras.layers.Normalization(
-            mean=feature_mean, variance=feature_variance, name="standardize"
+            mean=feature_mean, variance=floor_variance(feature_variance), name="standardize"
         )(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x) if dropout else x
     if kind == "mlp":

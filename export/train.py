@@ -115,10 +115,16 @@ def default_run_dir(root: str = "runs") -> Path:
     return Path(root) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
+def _split(source, split: str, copies: bool = False) -> tf.data.Dataset:
+    """`copies`: with the Beam job's augmented copies, when the source has any (Beam output
+    written with --augment_copies); other sources yield each image once either way."""
+    if copies and getattr(source, "has_copies", False):
+        return source.dataset(split, copies=True)
+    return source.dataset(split)
+
+
 def _batches(source, split: str, batch_size: int, copies: bool = False) -> tf.data.Dataset:
-    """`copies`: with the Beam job's augmented copies (only feature sources take the flag)."""
-    dataset = source.dataset(split, copies=True) if copies else source.dataset(split)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _split(source, split, copies).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def train_moments(source, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
@@ -169,7 +175,7 @@ def fit_head(config: TrainConfig, source, mean, variance):
         metrics=["accuracy"],
     )
     train_ds = (
-        source.dataset(TRAIN, copies=True)  # with the Beam job's augmented copies, if any
+        _split(source, TRAIN, copies=True)  # with the Beam job's augmented copies, if any
         .shuffle(SHUFFLE_BUFFER, seed=config.seed, reshuffle_each_iteration=True)
         .batch(config.batch_size)
         .prefetch(tf.data.AUTOTUNE)
@@ -311,6 +317,7 @@ def train(config: TrainConfig) -> TrainResult:
         "skipped_count": (source.metadata["errors"] if config.bottlenecks else len(source.skipped)),
         "skipped": source.skipped,
         "feature_dim": source.feature_dim,
+        "training_rows": sum(per_class.values()),  # with the Beam job's augmented copies
         "epochs_run": len(next(iter(history.values()), [])),
         "train_seconds": seconds,
         "stopped_at_accuracy": stop_record(history, config.stop_at_accuracy),

@@ -113,6 +113,19 @@ def test_trainer_uses_copies_for_training_only(augmented_dir, bottlenecks_dir):
     assert content_hash(source.rows()) == content_hash(plain.rows())
 
 
+def test_head_trains_on_the_copies_and_is_evaluated_on_images(augmented_dir, tmp_path):
+    from export.train import TrainConfig, train
+
+    result = train(
+        TrainConfig(bottlenecks=str(augmented_dir), run_dir=str(tmp_path), epochs=2, report=False)
+    )
+    train_images = result.metrics["splits"]["train"]["count"]
+    assert result.metrics["training_rows"] == (COPIES + 1) * train_images
+    assert result.metrics["images_used"] == json.loads(
+        (augmented_dir / "metadata.json").read_text()
+    )["total"]
+
+
 def test_bad_copy_count_is_refused():
     with pytest.raises(ValueError, match="augment_copies"):
         bottlenecks.parse_args(["--input", "x", "--output", "y", "--augment-copies", "-1"])
