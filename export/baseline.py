@@ -23,7 +23,7 @@ from export import fsutil
 from export.dataset import SPLITS, TRAIN, VALIDATION, Dataset, DatasetError, Example
 from export.plots import plot_curves
 from export.preprocessing import Preprocessor
-from export.stopping import StopAtAccuracy, check_target, stop_record
+from export.stopping import check_target, stop_record, training_callbacks
 from export.train import _history_csv, evaluate_splits, library_versions
 
 log = logging.getLogger(__name__)
@@ -163,18 +163,7 @@ def train_baseline(
         .batch(config.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    callbacks: list[keras.callbacks.Callback] = []
-    if has_validation and config.patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy",
-                mode="max",
-                patience=config.patience,
-                restore_best_weights=True,
-            )
-        )
-    if config.stop_at_accuracy is not None:
-        callbacks.append(StopAtAccuracy(config.stop_at_accuracy, has_validation))
+    callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
     started = time.perf_counter()
     history = model.fit(
         train_ds,

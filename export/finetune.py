@@ -38,6 +38,7 @@ from export.dataset import SPLITS, TRAIN, VALIDATION
 from export.heads import build_classifier
 from export.preprocessing import Preprocessor
 from export.runs import BACKBONE_WEIGHTS_FILE, HEAD_ONLY_FILE
+from export.stopping import training_callbacks
 
 log = logging.getLogger(__name__)
 HISTORY_FILE = "fine_tune_history.csv"
@@ -216,16 +217,8 @@ class FineTuner:
         )
         validation = images.batches(VALIDATION, config.batch_size)
         has_validation = bool(images.examples[VALIDATION])
-        callbacks = []
-        if has_validation and config.patience > 0:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_accuracy",
-                    mode="max",
-                    patience=config.patience,
-                    restore_best_weights=True,
-                )
-            )
+        # The same stops as the head: --patience and --stop-at-accuracy.
+        callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
         log.info(
             "fine-tuning from %s: %d layers with weights train, %d epochs at lr %g",
             self.layer,

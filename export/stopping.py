@@ -16,6 +16,23 @@ import keras
 log = logging.getLogger(__name__)
 
 
+def training_callbacks(
+    patience: int, stop_at_accuracy: float | None, has_validation: bool
+) -> list[keras.callbacks.Callback]:
+    """Early stopping on validation accuracy (best weights restored) and the target-accuracy
+    stop: what the head, the fine-tuning stage and the baseline CNN all train with."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if has_validation and patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True
+            )
+        )
+    if stop_at_accuracy is not None:
+        callbacks.append(StopAtAccuracy(stop_at_accuracy, has_validation))
+    return callbacks
+
+
 def monitored_metric(has_validation: bool) -> str:
     return "val_accuracy" if has_validation else "accuracy"
 

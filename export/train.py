@@ -26,7 +26,7 @@ from export.features import compute_features
 from export.heads import HEADS, OPTIMIZERS, build_classifier, build_head, build_optimizer
 from export.plots import plot_curves
 from export.preprocessing import DEFAULT_MAX_PIXELS, Preprocessor
-from export.stopping import StopAtAccuracy, check_target, stop_record
+from export.stopping import check_target, stop_record, training_callbacks
 
 log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 50_000  # a full shuffle for datasets up to this size, a window beyond
@@ -182,22 +182,11 @@ def fit_head(config: TrainConfig, source, mean, variance):
     )
     validation = _batches(source, VALIDATION, config.batch_size)
     has_validation = any(True for _ in validation.take(1))
-    callbacks = []
     if not has_validation:
         log.warning(
             "no validation images: training %d epochs without early stopping", config.epochs
         )
-    elif config.patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy",
-                mode="max",
-                patience=config.patience,
-                restore_best_weights=True,
-            )
-        )
-    if config.stop_at_accuracy is not None:
-        callbacks.append(StopAtAccuracy(config.stop_at_accuracy, has_validation))
+    callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
     started = time.perf_counter()
     history = head.fit(
         train_ds,

@@ -32,7 +32,7 @@ def trained(shapes_root, tmp_path_factory):
         data=str(shapes_root),
         run_dir=str(tmp_path_factory.mktemp("run")),
         **TINY,
-        **FAST_TRAINING,
+        **{**FAST_TRAINING, "report": True},  # the run whose report.html test_report checks
     )
     return train(config)
 

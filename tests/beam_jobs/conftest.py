@@ -1,7 +1,7 @@
 import shutil
 
 import pytest
-from testconfig import TINY
+from testconfig import bottleneck_args
 
 from export.dataset import assign_split
 
@@ -12,20 +12,7 @@ def bottlenecks_dir(shapes_root, tmp_path_factory):
     from beam_jobs.bottlenecks import run
 
     out = tmp_path_factory.mktemp("bottlenecks")
-    run(
-        [
-            "--input",
-            str(shapes_root),
-            "--output",
-            str(out),
-            "--backbone",
-            TINY["backbone"],
-            "--weights",
-            TINY["weights"],
-            "--num_shards",
-            "2",
-        ]
-    )
+    run(bottleneck_args(shapes_root, out, "--num_shards", "2"))
     return out
 
 

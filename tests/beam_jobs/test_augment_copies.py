@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from testconfig import TINY
+from testconfig import bottleneck_args
 
 from beam_jobs import bottlenecks
 from export.augment import AugmentConfig, augment_copies
@@ -31,19 +31,7 @@ def rows_of(out) -> list[dict]:
 def augmented_dir(shapes_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("augmented")
     bottlenecks.run(
-        [
-            "--input",
-            str(shapes_root),
-            "--output",
-            str(out),
-            "--backbone",
-            TINY["backbone"],
-            "--weights",
-            TINY["weights"],
-            "--augment-copies",
-            str(COPIES),
-            "--no-augment-flip",
-        ]
+        bottleneck_args(shapes_root, out, "--augment-copies", str(COPIES), "--no-augment-flip")
     )
     return out
 
@@ -121,9 +109,10 @@ def test_head_trains_on_the_copies_and_is_evaluated_on_images(augmented_dir, tmp
     )
     train_images = result.metrics["splits"]["train"]["count"]
     assert result.metrics["training_rows"] == (COPIES + 1) * train_images
-    assert result.metrics["images_used"] == json.loads(
-        (augmented_dir / "metadata.json").read_text()
-    )["total"]
+    assert (
+        result.metrics["images_used"]
+        == json.loads((augmented_dir / "metadata.json").read_text())["total"]
+    )
 
 
 def test_bad_copy_count_is_refused():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from testconfig import FAST_TRAINING, TINY
+from testconfig import FAST_TRAINING, bottleneck_args
 
 from beam_jobs import bottlenecks
 from export.bottleneck_schema import decode_example
@@ -19,20 +19,7 @@ def test_feature_layer_flows_from_beam_through_training_export_and_gradcam(shape
     from export.gradcam import load_run
 
     out = tmp_path / "bottlenecks"
-    bottlenecks.run(
-        [
-            "--input",
-            str(shapes_root),
-            "--output",
-            str(out),
-            "--backbone",
-            TINY["backbone"],
-            "--weights",
-            TINY["weights"],
-            "--feature_layer",
-            LAYER,
-        ]
-    )
+    bottlenecks.run(bottleneck_args(shapes_root, out, "--feature_layer", LAYER))
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["backbone"]["feature_layer"] == LAYER and meta["feature_dim"] == 16
 
@@ -42,7 +29,6 @@ def test_feature_layer_flows_from_beam_through_training_export_and_gradcam(shape
             run_dir=str(tmp_path / "run"),
             model_name="cut",
             model_base_path=str(tmp_path / "models" / "cut"),
-            report=False,
             **FAST_TRAINING,
         )
     )

@@ -42,9 +42,7 @@ def run_dir(tmp_path_factory):
         for i in range(24):
             (root / name / f"{i}.png").write_bytes(encode(square(colour, rng)[0], "PNG"))
     run = tmp_path_factory.mktemp("gradcam_run")
-    config = TrainConfig(
-        data=str(root), run_dir=str(run), image_size=SIZE, report=False, **TINY, **FAST_TRAINING
-    )
+    config = TrainConfig(data=str(root), run_dir=str(run), image_size=SIZE, **TINY, **FAST_TRAINING)
     assert train(config).metrics["splits"]["test"]["accuracy"] >= 0.9
     return run
 

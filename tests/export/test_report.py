@@ -179,6 +179,6 @@ def test_xfer_report_on_a_folder_that_is_not_a_run(tmp_path, caplog):
 def test_report_can_be_turned_off(shapes_root, tmp_path):
     from export.train import TrainConfig, train
 
-    config = {**FAST_TRAINING, "epochs": 1}
-    train(TrainConfig(data=str(shapes_root), run_dir=str(tmp_path), report=False, **TINY, **config))
+    config = {**FAST_TRAINING, "epochs": 1, "report": False}
+    train(TrainConfig(data=str(shapes_root), run_dir=str(tmp_path), **TINY, **config))
     assert (tmp_path / "metrics.json").exists() and not (tmp_path / REPORT_FILE).exists()

@@ -9,7 +9,7 @@ from export.train_cli import main as train_main
 
 
 def _train(data, run_dir, **extra):
-    settings = {**TINY, **FAST_TRAINING, "report": False, **extra}  # no report: seconds saved
+    settings = {**TINY, **FAST_TRAINING, **extra}
     return train(TrainConfig(data=str(data), run_dir=str(run_dir), **settings))
 
 

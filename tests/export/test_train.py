@@ -42,10 +42,13 @@ def test_skipped_files_are_counted_and_listed_never_fatal(trained, shapes_root):
 
 
 def _cli_args(data, run_dir, **extra):
-    args = ["--data", str(data), "--run-dir", str(run_dir), "--no-progress"]
+    args = ["--data", str(data), "--run-dir", str(run_dir)]
     for key, value in {**TINY, **FAST_TRAINING, **extra}.items():
-        if key != "progress":
-            args += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):  # switches: --report / --no-report
+            args.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            args += [flag, str(value)]
     return args
 
 
