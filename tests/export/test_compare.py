@@ -126,3 +126,28 @@ def test_bad_entry_syntax_exits_2_before_training(shapes_root, tmp_path, caplog)
     assert main([*args, "--backbones", "tiny,image_size=96"]) == 2
     assert "follows no NAME@key=value" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_saved_baseline_reloads_without_augmentation_and_reproduces_its_accuracy(
+    compared, shapes_root
+):
+    import keras
+    import numpy as np
+
+    from export.backbones import BackboneConfig
+    from export.dataset import scan
+    from export.preprocessing import EagerPreprocessor, Preprocessor
+
+    _, out, report = compared
+    row = next(r for r in report["entries"] if r["name"] == "baseline")
+    model = keras.models.load_model(Path(row["run_dir"]) / "baseline.keras")
+    assert "augmentation" not in [layer.name for layer in model.layers]
+    preprocess = EagerPreprocessor(Preprocessor(BackboneConfig("tiny", weights="none")))
+    images, labels = [], []
+    for example in scan(str(shapes_root)).examples:
+        pixels, reason = preprocess(Path(example.path).read_bytes())
+        if example.split == "test" and reason is None:
+            images.append(pixels)
+            labels.append(example.label_id)
+    predicted = np.asarray(model(np.stack(images), training=False)).argmax(axis=1)
+    assert np.mean(predicted == np.array(labels)) == pytest.approx(row["test_accuracy"])
