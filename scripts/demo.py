@@ -308,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         ("digits/", "the dataset: one PNG folder per class (scikit-learn's scans)"),
         ("test.csv", "the test split (uri,label), input of the client"),
         ("bottlenecks/", "Beam output: features-*.tfrecord.gz, labels.txt, metadata.json, errors"),
-        ("runs/v1/, runs/v2/", "training runs: config, metrics.json, history.csv, curves.png"),
+        (
+            "runs/v1/, runs/v2/",
+            "training runs: config, metrics.json, curves.png, report.html (open it in a browser)",
+        ),
         (f"models/{MODEL}/1/, 2/", "published SavedModel versions, as TF Serving loads them"),
         ("scored-v1.jsonl", "scored test split (uri, label, labels, scores, model_version)"),
         ("evaluation/", "metrics.json, report.txt, confusion_matrix.png, misclassified.png"),
