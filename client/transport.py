@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +24,17 @@ from client.retry import RpcError
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("labels", "top_scores")
+
+
+def pick_target(targets: list, attempt: int, counter, batch: threading.local):
+    """Round-robin over the targets for a batch's first attempt; each retry of that batch moves
+    on to the next target after the one that failed. A batch's attempts run one after another in
+    its thread, so its starting point lives in thread-local state. (Adding the attempt to a
+    shared counter instead kept a batch on the same target of two on every retry: the counter
+    and the attempt both advance by one, so a dead target among two was never routed around.)"""
+    if attempt == 0 or not hasattr(batch, "start"):
+        batch.start = next(counter)
+    return targets[(batch.start + attempt) % len(targets)]
 
 
 @dataclass
@@ -79,6 +91,7 @@ class GrpcTransport:
         self.channels = [self._channel(target) for target in config.target]
         self.stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in self.channels]
         self._next = itertools.count()
+        self._batch = threading.local()
 
     def channel_options(self) -> list[tuple[str, object]]:
         config = self.config
@@ -133,7 +146,7 @@ class GrpcTransport:
         return request
 
     def predict(self, images: list[bytes], attempt: int = 0) -> Prediction:
-        stub = self.stubs[(next(self._next) + attempt) % len(self.stubs)]
+        stub = pick_target(self.stubs, attempt, self._next, self._batch)
         try:
             response = stub.Predict(
                 self.request(images), timeout=self.config.timeout, metadata=self.metadata
@@ -196,6 +209,7 @@ class RestTransport:
             if config.client_cert:
                 self.context.load_cert_chain(config.client_cert, config.client_key)
         self._next = itertools.count()
+        self._batch = threading.local()
         self.model_version = self._status_version()
 
     def _model_path(self) -> str:
@@ -248,7 +262,7 @@ class RestTransport:
             return None
 
     def predict(self, images: list[bytes], attempt: int = 0) -> Prediction:
-        base = self.bases[(next(self._next) + attempt) % len(self.bases)]
+        base = pick_target(self.bases, attempt, self._next, self._batch)
         body = json.dumps(
             {
                 "signature_name": self.config.signature,

@@ -158,3 +158,22 @@ def test_client_never_imports_the_model_code():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_retry_moves_to_the_next_target_whatever_the_shared_counter_did():
+    import itertools
+    import threading
+
+    from client.transport import pick_target
+
+    targets = ["dead", "live"]
+    counter, batch = itertools.count(), threading.local()
+    firsts = []
+    for others in (0, 1, 2, 0, 3):  # requests of other threads between a batch's attempts
+        first = pick_target(targets, 0, counter, batch)
+        firsts.append(first)
+        for _ in range(others):
+            next(counter)
+        assert pick_target(targets, 1, counter, batch) != first
+        assert pick_target(targets, 2, counter, batch) == first
+    assert set(firsts) == {"dead", "live"}  # first attempts still spread over both
