@@ -78,19 +78,11 @@ class AllFeatures:
 
 
 def features_from_images(config) -> AllFeatures:
-    from export.backbones import build_feature_extractor
     from export.dataset import scan
-    from export.features import compute_features
+    from export.train import extract_features
 
     dataset = scan(config.data)
-    extractor = build_feature_extractor(config.backbone_config())
-    table = compute_features(
-        dataset.examples,
-        extractor,
-        config.preprocessor(),
-        batch_size=config.batch_size,
-        progress=config.progress,
-    )
+    table, _ = extract_features(config, dataset.examples)
     return AllFeatures(
         table.features,
         np.array([e.label_id for e in table.examples], np.int64),

@@ -22,7 +22,7 @@ from export.backbones import BackboneConfig, build_feature_extractor
 from export.cliargs import opt
 from export.dataset import SPLITS, TEST, TRAIN, VALIDATION, DatasetError, SplitConfig, scan
 from export.feature_sources import InMemoryFeatures, TFRecordFeatures, content_hash
-from export.features import compute_features
+from export.features import FeatureTable, compute_features
 from export.heads import HEADS, OPTIMIZERS, build_classifier, build_head, build_optimizer
 from export.plots import plot_curves
 from export.preprocessing import DEFAULT_MAX_PIXELS, Preprocessor
@@ -240,17 +240,23 @@ def library_versions() -> dict:
     }
 
 
-def _features_from_images(config: TrainConfig) -> tuple[InMemoryFeatures, keras.Model, str]:
-    dataset = scan(config.data, config.split_config())
-    log.info("%s: %d files in %d classes", config.data, len(dataset.examples), len(dataset.labels))
+def extract_features(config: TrainConfig, examples) -> tuple[FeatureTable, keras.Model]:
+    """The config's backbone over `examples`, through its preprocessing contract."""
     extractor = build_feature_extractor(config.backbone_config())
     table = compute_features(
-        dataset.examples,
+        examples,
         extractor,
         config.preprocessor(),
         batch_size=config.batch_size,
         progress=config.progress,
     )
+    return table, extractor
+
+
+def _features_from_images(config: TrainConfig) -> tuple[InMemoryFeatures, keras.Model, str]:
+    dataset = scan(config.data, config.split_config())
+    log.info("%s: %d files in %d classes", config.data, len(dataset.examples), len(dataset.labels))
+    table, extractor = extract_features(config, dataset.examples)
     source = InMemoryFeatures(table, dataset.labels, dataset.skipped + table.skipped)
     return source, extractor, dataset.root
 
