@@ -529,6 +529,19 @@ class Outputs:
     metadata_path: beam.PCollection  # one element, after everything was written
 
 
+def keyed_handler(config: BottleneckConfig, pixels: bool = False) -> KeyedModelHandler:
+    """The job's backbone behind RunInference, keyed so each result keeps its ImageKey."""
+    return KeyedModelHandler(
+        BackboneModelHandler(
+            config.backbone_config(),
+            config.max_pixels,
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
+            pixels=pixels,
+        )
+    )
+
+
 def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dict) -> Outputs:
     split = config.split_config()
     backbone = config.backbone_config()
@@ -555,14 +568,7 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
                 "errors", main="ok"
             )
         )
-    handler = KeyedModelHandler(
-        BackboneModelHandler(
-            backbone,
-            config.max_pixels,
-            min_batch_size=config.min_batch_size,
-            max_batch_size=config.max_batch_size,
-        )
-    )
+    handler = keyed_handler(config)
     inferred, dead_letters = (
         records.ok
         | "KeyImages" >> beam.Map(lambda r: (ImageKey(r.uri, r.label, r.split, r.sha256), r.data))
@@ -672,15 +678,7 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
 def augmented_rows(records, config: BottleneckConfig):
     """(ImageKey with copy k, features) for K augmented copies of every training image."""
     backbone = config.backbone_config()
-    handler = KeyedModelHandler(
-        BackboneModelHandler(
-            backbone,
-            config.max_pixels,
-            min_batch_size=config.min_batch_size,
-            max_batch_size=config.max_batch_size,
-            pixels=True,
-        )
-    )
+    handler = keyed_handler(config, pixels=True)
     inferred = (
         records
         | "TrainingOnly" >> beam.Filter(lambda r: r.split == TRAIN)
