@@ -15,27 +15,34 @@ Output directory OUT (local or any Beam filesystem, e.g. gs://):
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import posixpath
+import struct
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.common import NAMESPACE, failed_batch_rows, run_pipeline, setup_logging
-from beam_jobs.tfrecord_sink import GzipTFRecordSink
+from beam_jobs.tfrecord_sink import GzipTFRecordSink, GzipTFRecordWriter, tfrecord_frame
 from export.augment import AugmentConfig
 from export.backbones import BackboneConfig
 from export.bottleneck_schema import (
@@ -160,14 +167,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BottleneckConfig, list[str]]
 # ------------------------------------------------------------------------------------ elements
 
 
-class ImageRecord(NamedTuple):
-    uri: str
-    label: str
-    split: str
-    sha256: str
-    data: bytes
-
-
 class ImageKey(NamedTuple):
     """Travels with an image through RunInference (KeyedModelHandler) to its TFRecord row."""
 
@@ -180,6 +179,13 @@ class ImageKey(NamedTuple):
 
 def error_row(uri: str, reason: str) -> dict:
     return {"uri": uri, "reason": reason}
+
+
+# Keys of the per-bundle statistics that metadata.json is built from (summed over the job).
+COUNT = "count"  # (COUNT, split, label): images written
+COPIES = "copies"  # (COPIES,): augmented copies written
+DIM = "dim"  # (DIM, feature dim): one key per dimension seen
+ERRORS = "errors"  # (ERRORS,): error rows
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -201,32 +207,177 @@ def detect_layout(root: str) -> tuple[bool, bool]:
     return explicit, has_validation
 
 
-class ReadClassFolderFile(beam.DoFn):
-    """ReadableFile under a class-folder root -> ImageRecord; unreadable -> 'errors'."""
+class DistinctPerBundle(beam.DoFn):
+    """The distinct non-empty values of fn(element), once per bundle: a class name per class and
+    bundle rather than per file, where a per-element Distinct would cost a step per file."""
 
-    def __init__(self, root: str, explicit: bool, has_validation: bool, split: SplitConfig):
-        self.root = root.rstrip("/")
-        self.explicit = explicit
-        self.has_validation = has_validation
-        self.split = split
+    def __init__(self, fn):
+        self.fn = fn
+        self._seen: set = set()
+
+    def start_bundle(self):
+        self._seen = set()
+
+    def process(self, element):
+        value = self.fn(element)
+        if value:
+            self._seen.add(value)
+
+    def finish_bundle(self):
+        for value in sorted(self._seen):
+            yield GlobalWindows.windowed_value(value)
+
+
+class SortedUnion(beam.CombineFn):
+    """The sorted distinct values of all inputs: the class names, as one element."""
+
+    def create_accumulator(self):
+        return set()
+
+    def add_input(self, accumulator, value):
+        accumulator.add(value)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        return set().union(*accumulators)
+
+    def extract_output(self, accumulator):
+        return sorted(accumulator)
+
+
+def open_uri(uri: str):
+    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_image(open_file, uri: str, label: str, split: str) -> tuple[list, bool]:
+    """(the outputs of one dataset file, whether it was read): (ImageKey, bytes), and
+    (sha256, (uri, split)) to the 'copies' output for the duplicate report; unreadable ->
+    'errors'. Runs on ReadAhead's threads: pure but for the read."""
+    try:
+        with open_file() as f:
+            data = f.read()
+    except Exception as exc:  # noqa: BLE001 - any I/O failure becomes an error row
+        return [beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))], False
+    sha256 = hashlib.sha256(data).hexdigest()
+    return [
+        (ImageKey(uri, label, split, sha256), data),
+        beam.pvalue.TaggedOutput("copies", (sha256, (uri, split))),
+    ], True
+
+
+class Chunk(beam.DoFn):
+    """Elements -> lists of up to `size` of them (per bundle). Reshuffling file names one by one
+    cost ~40 us a file on the DirectRunner, as much as a small backbone's batch share."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._chunk: list = []
+
+    def start_bundle(self):
+        self._chunk = []
+
+    def process(self, element):
+        self._chunk.append(element)
+        if len(self._chunk) >= self.size:
+            chunk, self._chunk = self._chunk, []
+            yield chunk
+
+    def finish_bundle(self):
+        if self._chunk:
+            yield GlobalWindows.windowed_value(self._chunk)
+
+
+class ReadAhead(beam.DoFn):
+    """Reads the dataset's files on a thread pool, `ahead` files in front of what it emits.
+
+    The DoFn runs fused with RunInference on one thread: read inline, a file's latency (a few
+    hundred microseconds locally, tens of milliseconds on gs://) would add to every image's time.
+    Read ahead, the reads of the next batch overlap the backbone's call on this one, as the
+    in-process path does. Outputs keep the input order; counters are counted on the bundle's own
+    thread (Beam's metrics are thread-local).
+    """
+
+    def __init__(self, ahead: int = 64, threads: int = 8):
+        self.ahead = ahead
+        self.threads = threads
         self.read = Metrics.counter(NAMESPACE, "images_read")
         self.failed = Metrics.counter(NAMESPACE, "images_failed")
+        self._pool = None
+        self._pending: collections.deque = collections.deque()
 
-    def process(self, readable: fileio.ReadableFile):
-        uri = readable.metadata.path
+    def entry(self, element) -> tuple | list:
+        """(a function opening the file, uri, label, split) of an input element, or the outputs
+        to emit instead of reading it."""
+        raise NotImplementedError
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ReadAhead")
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, element):
+        entry = self.entry(element)
+        if isinstance(entry, list):
+            yield from entry
+            return
+        self._pending.append(self._pool.submit(read_image, *entry))
+        while len(self._pending) > self.ahead:
+            yield from self._done(self._pending.popleft())
+
+    def finish_bundle(self):
+        while self._pending:
+            for output in self._done(self._pending.popleft()):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(
+                        output.tag, GlobalWindows.windowed_value(output.value)
+                    )
+                else:
+                    yield GlobalWindows.windowed_value(output)
+
+    def _done(self, future) -> list:
+        outputs, read = future.result()
+        (self.read if read else self.failed).inc()
+        return outputs
+
+
+class ClassFolderPaths:
+    """(split folder, class, relative path) of a matched file under a class-folder root."""
+
+    def __init__(self, root: str, explicit: bool):
+        self.root = root.rstrip("/")
+        self.explicit = explicit
+
+    def parse(self, uri: str):
         under_root = uri[len(self.root) :].lstrip("/") if uri.startswith(self.root) else uri
-        parsed = parse_path(under_root, self.explicit)
+        return parse_path(under_root, self.explicit)
+
+    def label(self, metadata) -> str | None:
+        parsed = self.parse(metadata.path)
+        return parsed[1] if parsed else None
+
+
+class ReadClassFolderFile(ReadAhead):
+    """A ReadableFile (fileio.ReadMatches) under a class-folder root -> read_image's outputs."""
+
+    def __init__(self, paths: ClassFolderPaths, has_validation: bool, split: SplitConfig, **ahead):
+        super().__init__(**ahead)
+        self.paths = paths
+        self.has_validation = has_validation
+        self.split = split
+
+    def entry(self, readable: fileio.ReadableFile):
+        uri = readable.metadata.path
+        parsed = self.paths.parse(uri)
         if parsed is None:
             return []  # hidden file, or not inside a class folder: not part of the dataset
         split_dir, label, relative = parsed
-        try:
-            data = readable.read()
-        except Exception as exc:  # noqa: BLE001 - any I/O failure becomes an error row
-            self.failed.inc()
-            return [beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))]
-        self.read.inc()
         split = split_of(relative, split_dir, self.split, self.has_validation)
-        return [ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)]
+        return readable.open, uri, label, split
 
 
 def parse_list_line(line: str, base_dir: str) -> tuple[str, str, str | None] | None:
@@ -244,28 +395,20 @@ def parse_list_line(line: str, base_dir: str) -> tuple[str, str, str | None] | N
     return uri, label, split
 
 
-class ReadListedFile(beam.DoFn):
-    """(uri, label, split) from a list file -> ImageRecord; missing/unreadable -> 'errors'."""
+class ReadListedFile(ReadAhead):
+    """(uri, label, split) from a list file -> read_image's outputs; no label -> 'errors'."""
 
-    def __init__(self, split: SplitConfig):
+    def __init__(self, split: SplitConfig, **ahead):
+        super().__init__(**ahead)
         self.split = split
-        self.read = Metrics.counter(NAMESPACE, "images_read")
-        self.failed = Metrics.counter(NAMESPACE, "images_failed")
 
-    def process(self, entry: tuple[str, str, str | None]):
+    def entry(self, entry: tuple[str, str, str | None]):
         uri, label, split = entry
         if not label:
             self.failed.inc()
             return [beam.pvalue.TaggedOutput("errors", error_row(uri, "no label in the list"))]
-        try:
-            with FileSystems.open(uri, compression_type="uncompressed") as f:
-                data = f.read()
-        except Exception as exc:  # noqa: BLE001
-            self.failed.inc()
-            return [beam.pvalue.TaggedOutput("errors", error_row(uri, f"unreadable: {exc}"))]
-        self.read.inc()
         split = split or split_of(posixpath.basename(uri), None, self.split)
-        return [ImageRecord(uri, label, split, hashlib.sha256(data).hexdigest(), data)]
+        return functools.partial(open_uri, uri), uri, label, split
 
 
 # ---------------------------------------------------------------------------------- features
@@ -318,20 +461,6 @@ class BackboneModelHandler(ModelHandler[bytes, Any, FeatureModel]):
         return f"{NAMESPACE}_backbone"
 
 
-class SplitRefused(beam.DoFn):
-    """(ImageKey, PredictionResult) -> (ImageKey, features), or an error row for a refused one."""
-
-    def __init__(self):
-        self.failed = Metrics.counter(NAMESPACE, "images_failed")
-
-    def process(self, element):
-        key, result = element
-        if isinstance(result.inference, ImageError):
-            self.failed.inc()
-            return [beam.pvalue.TaggedOutput("errors", error_row(key.uri, result.inference.reason))]
-        return [(key, np.asarray(result.inference, dtype=np.float32))]
-
-
 class AugmentCopies(beam.DoFn):
     """A training image -> K augmented model inputs, keyed as copies 1..K of it.
 
@@ -353,16 +482,69 @@ class AugmentCopies(beam.DoFn):
 
         self._preprocess = EagerPreprocessor(Preprocessor(self.backbone, self.max_pixels))
 
-    def process(self, record: ImageRecord):
+    def process(self, image: tuple[ImageKey, bytes]):
         from export.augment import augment_copies
 
-        pixels, reason = self._preprocess(record.data)
+        key, data = image
+        pixels, reason = self._preprocess(data)
         if reason is not None:
             return
-        images = augment_copies(pixels, self.augment, record.sha256, self.copies)
+        images = augment_copies(pixels, self.augment, key.sha256, self.copies)
         self.written.inc(len(images))
-        for k, image in enumerate(images, start=1):
-            yield ImageKey(record.uri, record.label, record.split, record.sha256, k), image
+        for k, pixels in enumerate(images, start=1):
+            yield key._replace(copy=k), pixels
+
+
+# --------------------------------------------------------------------------------- writing
+
+
+class EncodeRows(beam.DoFn):
+    """(ImageKey, PredictionResult) -> its final tf.Example row, label id included; a refused
+    image -> 'errors'. Counts per split and class go out once per bundle to 'stats'.
+
+    One step per image from the model to the sink: every per-element Beam step costs as much as
+    a fifth of a small backbone's per-image time.
+    """
+
+    def __init__(self, backbone: str):
+        self.backbone = backbone
+        self.failed = Metrics.counter(NAMESPACE, "images_failed")
+        self._stats: Counter = Counter()
+        self._ids: tuple[int, dict[str, int]] = (0, {})
+
+    def start_bundle(self):
+        self._stats = Counter()
+
+    def label_ids(self, labels: list[str]) -> dict[str, int]:
+        if self._ids[0] != id(labels):
+            self._ids = (id(labels), {label: i for i, label in enumerate(labels)})
+        return self._ids[1]
+
+    def process(self, element, labels: list[str]):
+        key, result = element
+        if isinstance(result.inference, ImageError):
+            self.failed.inc()
+            return [beam.pvalue.TaggedOutput("errors", error_row(key.uri, result.inference.reason))]
+        features = np.asarray(result.inference, dtype=np.float32)
+        self._stats[(COPIES,) if key.copy else (COUNT, key.split, key.label)] += 1
+        self._stats[(DIM, int(features.size))] = 1
+        row = encode_example(
+            uri=key.uri,
+            sha256=key.sha256,
+            label=key.label,
+            label_id=self.label_ids(labels)[key.label],
+            split=key.split,
+            features=features,
+            backbone=self.backbone,
+            augment_copy=key.copy,
+        )
+        return [row]
+
+    def finish_bundle(self):
+        for stat, n in self._stats.items():
+            if stat[0] == COUNT:
+                Metrics.counter(NAMESPACE, f"images_{stat[1]}").inc(n)
+            yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value((stat, n)))
 
 
 # ----------------------------------------------------------------------------- duplicates
@@ -371,9 +553,8 @@ class AugmentCopies(beam.DoFn):
 class FindCopies(beam.DoFn):
     """Identical bytes seen more than once: keep the copy with the smallest URI, report the rest.
 
-    Works on (sha256, [(uri, split)]) only, so de-duplication never shuffles images or features;
-    the dropped URIs are filtered out of the feature rows through a side input. Copies in
-    different splits are train/test leakage and are reported as such.
+    Works on (sha256, [(uri, split)]) only, so de-duplication never shuffles images or features.
+    Copies in different splits are train/test leakage and are reported as such.
     """
 
     def __init__(self):
@@ -396,68 +577,87 @@ class FindCopies(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("dropped", (uri, sha256))
 
 
-def not_dropped(row, dropped: dict) -> bool:
-    return row[0].uri not in dropped
+def read_tfrecords(path: str):
+    """The records of a gzip TFRecord file, CRCs checked (any Beam filesystem)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
+        while header := f.read(12):
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            footer = f.read(4)
+            if len(header) < 12 or len(data) < length or len(footer) < 4:
+                raise OSError(f"{path}: truncated TFRecord")
+            if tfrecord_frame(data) != header + data + footer:
+                raise OSError(f"{path}: TFRecord checksum mismatch")
+            yield data
 
 
-# --------------------------------------------------------------------------------- writing
-
-
-class CountSplit(beam.DoFn):
-    def process(self, row):
-        key, _ = row
-        if key.copy:
-            return  # counts are of images; their augmented copies are counted apart
-        Metrics.counter(NAMESPACE, f"images_{key.split}").inc()
-        yield (key.split, key.label), 1
-
-
-def to_unlabelled_example(row, backbone: str) -> bytes:
-    """First pass: the row as written before the label ids and the duplicates are known."""
-    key, features = row
-    return encode_example(
-        uri=key.uri,
-        sha256=key.sha256,
-        label=key.label,
-        label_id=-1,
-        split=key.split,
-        features=features,
-        backbone=backbone,
-        augment_copy=key.copy,
-    )
-
-
-def from_unlabelled_example(serialized: bytes):
-    """Second pass: (ImageKey, the parsed tf.Example); the features stay in the proto."""
+def key_of(row: bytes) -> ImageKey:
+    """The ImageKey of a written row (parses the tf.Example)."""
     import tensorflow as tf
 
-    example = tf.train.Example.FromString(serialized)
-    feature = example.features.feature
+    feature = tf.train.Example.FromString(row).features.feature
 
     def text(name: str) -> str:
         return feature[name].bytes_list.value[0].decode("utf-8")
 
     copy = feature["augment_copy"].int64_list.value
-    key = ImageKey(
+    return ImageKey(
         text("image/uri"),
         text("label"),
         text("split"),
         text("image/sha256"),
         int(copy[0]) if copy else 0,
     )
-    return key, example
 
 
-def labelled(row, labels: list[str]) -> bytes:
-    """The final tf.Example: the first pass's, with its label id."""
-    key, example = row
-    label_id = example.features.feature["label_id"].int64_list.value
-    label_id[:] = [labels.index(key.label)]
-    return example.SerializeToString()
+class DropCopiesFromShard(beam.DoFn):
+    """A staged shard -> the shard to publish: itself, or a rewrite without the dropped copies.
+
+    Rows are written as they are computed, before the duplicate report exists (it needs every
+    image). Datasets without duplicates, the usual case, publish the shards as written; only a
+    shard that holds a dropped copy is read back and rewritten. The removed rows' counts go out
+    to 'stats' as negative counts.
+    """
+
+    def __init__(self, staging: str):
+        self.staging = staging
+
+    def process(self, path: str, dropped: dict):
+        if not dropped:
+            return [path]
+        kept, removed = [], []
+        for row in read_tfrecords(path):
+            key = key_of(row)
+            (removed if key.uri in dropped else kept).append((key, row))
+        if not removed:
+            return [path]
+        rewritten = FileSystems.join(self.staging, "deduplicated", posixpath.basename(path))
+        writer = GzipTFRecordWriter(FileSystems.create(rewritten + ".tmp"))
+        for _, row in kept:
+            writer.write_record(row)
+        writer.close()
+        FileSystems.rename([rewritten + ".tmp"], [rewritten])
+        stats = Counter((COPIES,) if k.copy else (COUNT, k.split, k.label) for k, _ in removed)
+        for stat, n in stats.items():
+            if stat[0] == COUNT:
+                Metrics.counter(NAMESPACE, f"images_{stat[1]}").dec(n)
+        return [rewritten] + [
+            beam.pvalue.TaggedOutput("stats", (stat, -n)) for stat, n in stats.items()
+        ]
 
 
-def feature_count(row) -> int:
-    return len(row[1].features.feature["features"].float_list.value)
+def publish(_, shards: list[str], output: str) -> list[str]:
+    """Move the finished shards into the output directory under their own names; shards of an
+    earlier run into the same directory that this run did not write go first."""
+    targets = [FileSystems.join(output, posixpath.basename(s)) for s in sorted(shards)]
+    pattern = FileSystems.join(output, f"{FEATURES_PREFIX}-*{TFRECORD_SUFFIX}")
+    existing = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    stale = sorted(set(existing) - set(targets))
+    if stale:
+        FileSystems.delete(stale)
+    if shards:
+        FileSystems.rename(sorted(shards), targets)
+    return targets
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -472,61 +672,81 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def write_sidecars(
-    _,
-    output: str,
-    labels: list[str],
-    counts: list,
-    errors: int,
-    duplicates: list[dict],
-    feature_dims: list[int],
     shards: list[str],
+    output: str,
+    error_files: list[str],
+    labels: list[str],
+    stats: list,
+    duplicates: list[dict],
     info: dict,
-    temporary: list[str] = (),
-    augmented: int = 0,
+    staging: str,
 ) -> str:
-    """labels.txt and metadata.json; runs after the TFRecord shards were finalised. Then the
-    first pass's temporary shards go."""
+    """labels.txt and metadata.json, once the shards were published and the error files
+    written (their names are its side inputs); then the staging directory goes."""
     table: dict[str, dict[str, int]] = {}
-    for (split, label), n in counts:
-        table.setdefault(split, {})[label] = n
+    augmented, errors, dims = 0, 0, []
+    for stat, n in stats:
+        if stat[0] == COUNT and n:
+            table.setdefault(stat[1], {})[stat[2]] = n
+        elif stat[0] == COPIES:
+            augmented = n
+        elif stat[0] == ERRORS:
+            errors = n
+        elif stat[0] == DIM:
+            dims.append(stat[1])
     metadata = {
         **info,
         "labels": labels,
         "num_classes": len(labels),
         "counts": table,
-        "total": sum(n for _, n in counts),
+        "total": sum(n for split in table.values() for n in split.values()),
         "augmented_copies": augmented,
         "errors": errors,
-        "feature_dim": feature_dims[0] if feature_dims else None,
+        "feature_dim": dims[0] if dims else None,
         "duplicates": sorted(duplicates, key=lambda d: d["kept"]),
         "leakage": [d for d in duplicates if d["leakage"]],
         "shards": sorted(posixpath.basename(s) for s in shards),
+        "error_files": sorted(posixpath.basename(f) for f in error_files),
     }
     write_atomically(FileSystems.join(output, LABELS_FILE), ("\n".join(labels) + "\n").encode())
     text = json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n"
     write_atomically(FileSystems.join(output, METADATA_FILE), text.encode())
-    remove_temporary(list(temporary))
+    remove_staging(staging)
     return FileSystems.join(output, METADATA_FILE)
 
 
-def remove_temporary(paths: list[str]) -> None:
-    directories = sorted({posixpath.dirname(p) for p in paths})
-    for group in (paths, directories):
-        try:
-            FileSystems.delete(group)
-        except Exception as exc:  # noqa: BLE001 - leftovers are hidden and harmless
-            log.warning("could not remove temporary files %s: %s", group, exc)
+def remove_staging(staging: str) -> None:
+    """The staging directory, recursively (object stores delete a prefix given its slash)."""
+    remote = "://" in staging and not staging.startswith("file://")
+    try:
+        FileSystems.delete([staging.rstrip("/") + "/" if remote else staging])
+    except Exception as exc:  # noqa: BLE001 - leftovers are hidden and harmless
+        log.warning("could not remove the staging directory %s: %s", staging, exc)
 
 
 @dataclasses.dataclass
 class Outputs:
     """Named PCollections, for tests (assert_that) and callers that extend the pipeline."""
 
-    rows: beam.PCollection  # (ImageKey, tf.train.Example) after de-duplication
     errors: beam.PCollection  # {"uri", "reason"}
     duplicates: beam.PCollection  # duplicate/leakage reports
     labels: beam.PCollection  # one element: sorted class names
+    shards: beam.PCollection  # one element: the published shard paths
     metadata_path: beam.PCollection  # one element, after everything was written
+
+    @functools.cached_property
+    def rows(self) -> beam.PCollection:
+        """(ImageKey, tf.train.Example) as published. Built on first use only: it reads the
+        shards back, which a production run has no need of."""
+        import tensorflow as tf
+
+        return (
+            self.shards
+            | "PublishedShards" >> beam.FlatMap(lambda paths: paths)
+            | "ReadPublished" >> beam.io.ReadAllFromTFRecord(compression_type=CompressionTypes.GZIP)
+            | "ParsePublished"
+            >> beam.Map(lambda row: (key_of(row), tf.train.Example.FromString(row)))
+        )
 
 
 def keyed_handler(config: BottleneckConfig, pixels: bool = False) -> KeyedModelHandler:
@@ -542,103 +762,91 @@ def keyed_handler(config: BottleneckConfig, pixels: bool = False) -> KeyedModelH
     )
 
 
-def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dict) -> Outputs:
+def read_images(p: beam.Pipeline, config: BottleneckConfig):
+    """The dataset's files, read: outputs .images (ImageKey, bytes), .copies, .errors; and the
+    sorted class names, known from the listing before any image is read."""
     split = config.split_config()
-    backbone = config.backbone_config()
     if is_list_input(config.input):
         base_dir = posixpath.dirname(config.input)
-        records = (
+        entries = (
             p
             | "ReadList" >> beam.io.ReadFromText(config.input)
             | "ParseList"
             >> beam.FlatMap(lambda line: filter(None, [parse_list_line(line, base_dir)]))
-            | "ReadFiles" >> beam.ParDo(ReadListedFile(split)).with_outputs("errors", main="ok")
         )
+        labels = entries | "Labels" >> beam.ParDo(DistinctPerBundle(lambda entry: entry[1]))
+        reader = ReadListedFile(split, ahead=config.max_batch_size)
     else:
         root = config.input.rstrip("/")
         explicit, has_validation = detect_layout(root)
-        records = (
-            p
-            | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
-            # One match element fans out to every file: without this, one worker reads them all.
+        paths = ClassFolderPaths(root, explicit)
+        matched = p | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
+        labels = matched | "Labels" >> beam.ParDo(DistinctPerBundle(paths.label))
+        entries = (
+            matched
+            # One match element fans out to every file: without the reshuffle, the worker that
+            # listed them would read them all. Chunks: reshuffling is costly per element.
+            | "Chunk" >> beam.ParDo(Chunk(256))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadMatches" >> fileio.ReadMatches()
-            | "ReadFiles"
-            >> beam.ParDo(ReadClassFolderFile(root, explicit, has_validation, split)).with_outputs(
-                "errors", main="ok"
-            )
+            | "Unchunk" >> beam.FlatMap(lambda chunk: chunk)
+            | "ReadMatches"
+            >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED, skip_directories=True)
         )
-    handler = keyed_handler(config)
-    inferred, dead_letters = (
-        records.ok
-        | "KeyImages" >> beam.Map(lambda r: (ImageKey(r.uri, r.label, r.split, r.sha256), r.data))
-        | "Features" >> RunInference(handler).with_exception_handling()
+        reader = ReadClassFolderFile(paths, has_validation, split, ahead=config.max_batch_size)
+    read = entries | "ReadFiles" >> beam.ParDo(reader).with_outputs(
+        "copies", "errors", main="images"
     )
-    features = inferred | "SplitRefused" >> beam.ParDo(SplitRefused()).with_outputs(
-        "errors", main="ok"
-    )
-    feature_rows = features.ok
-    if config.augment_copies:
-        feature_rows = (feature_rows, augmented_rows(records.ok, config)) | "WithCopies" >> (
-            beam.Flatten()
-        )
-    # First pass, streamed: features go to temporary shards as they are computed, so nothing
-    # waits in memory for the label list or for the duplicate report (both need every image).
-    temporary = (
-        feature_rows
-        | "ToUnlabelled" >> beam.Map(to_unlabelled_example, backbone=backbone.name)
-        | "WriteTempFeatures"
-        >> beam.io.WriteToTFRecord(
-            FileSystems.join(config.output, f".tmp-{uuid.uuid4().hex}", "part"),
-            compression_type=beam.io.filesystem.CompressionTypes.UNCOMPRESSED,
-        )
-    )
+    return read, labels | "AllLabels" >> beam.CombineGlobally(SortedUnion())
 
+
+def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dict) -> Outputs:
+    """One pass over the images: read -> backbone (RunInference) -> final rows -> shards, staged
+    in a hidden directory until the duplicate report says which copies to drop."""
+    backbone = config.backbone_config()
+    staging = FileSystems.join(config.output, f".tmp-{uuid.uuid4().hex}")
+    read, labels = read_images(p, config)
+    inferred, dead_letters = (
+        read.images | "Features" >> RunInference(keyed_handler(config)).with_exception_handling()
+    )
+    if config.augment_copies:
+        inferred = (inferred, augmented_rows(read.images, config)) | "WithCopies" >> beam.Flatten()
+    rows = inferred | "EncodeRows" >> beam.ParDo(
+        EncodeRows(backbone.name), labels=beam.pvalue.AsSingleton(labels)
+    ).with_outputs("errors", "stats", main="rows")
+    staged = rows.rows | "WriteTFRecords" >> beam.io.Write(
+        GzipTFRecordSink(
+            FileSystems.join(staging, FEATURES_PREFIX),
+            file_name_suffix=TFRECORD_SUFFIX,
+            num_shards=config.num_shards,
+        )
+    )
     copies = (
-        records.ok
-        | "CopyKey" >> beam.Map(lambda r: (r.sha256, (r.uri, r.split)))
+        read.copies
         | "GroupCopies" >> beam.GroupByKey()
         | "FindCopies" >> beam.ParDo(FindCopies()).with_outputs("dropped", main="duplicates")
     )
-    # Second pass, once the temporary shards are complete: drop the copies, number the labels.
-    rows = (
-        temporary
-        | "ReadTempFeatures"
-        >> beam.io.ReadAllFromTFRecord(
-            compression_type=beam.io.filesystem.CompressionTypes.UNCOMPRESSED
-        )
-        | "ParseTemp" >> beam.Map(from_unlabelled_example)
-        | "DropCopies" >> beam.Filter(not_dropped, dropped=beam.pvalue.AsDict(copies.dropped))
+    deduplicated = (
+        staged
+        | "SpreadShards" >> beam.Reshuffle()
+        | "DropCopies"
+        >> beam.ParDo(
+            DropCopiesFromShard(staging), dropped=beam.pvalue.AsDict(copies.dropped)
+        ).with_outputs("stats", main="shards")
     )
-    # Labels come from what was read, not from the features. A class whose images all fail to
-    # decode keeps its label id; the trainer then names it as a class without decodable images.
-    labels = (
-        records.ok
-        | "Label" >> beam.Map(lambda record: record.label)
-        | "DistinctLabels" >> beam.Distinct()
-        | "AllLabels" >> beam.combiners.ToList()
-        | "Sort" >> beam.Map(sorted)
+    shards = (
+        p
+        | "Ready" >> beam.Create([None])
+        | "Publish"
+        >> beam.Map(publish, shards=beam.pvalue.AsList(deduplicated.shards), output=config.output)
     )
     errors = (
-        records.errors,
-        features.errors,
+        read.errors,
+        rows.errors,
         failed_batch_rows(
             dead_letters.failed_inferences, "feature extraction", uri=lambda key: key.uri
         ),
     ) | "AllErrors" >> beam.Flatten()
-    shards = (
-        rows
-        | "SetLabelId" >> beam.Map(labelled, labels=beam.pvalue.AsSingleton(labels))
-        | "WriteTFRecords"
-        >> beam.io.Write(
-            GzipTFRecordSink(
-                FileSystems.join(config.output, FEATURES_PREFIX),
-                file_name_suffix=TFRECORD_SUFFIX,
-                num_shards=config.num_shards,
-            )
-        )
-    )
-    _ = (
+    error_files = (
         errors
         | "ErrorJson" >> beam.Map(lambda row: json.dumps(row, sort_keys=True))
         | "WriteErrors"
@@ -646,52 +854,41 @@ def build_pipeline(p: beam.Pipeline, config: BottleneckConfig, options_info: dic
             FileSystems.join(config.output, ERRORS_PREFIX), file_name_suffix=".jsonl"
         )
     )
-    counts = rows | "CountSplit" >> beam.ParDo(CountSplit()) | beam.CombinePerKey(sum)
-    feature_dims = rows | "Dim" >> beam.Map(feature_count) | beam.Distinct()
-    error_count = errors | "CountErrors" >> beam.combiners.Count.Globally()
-    augmented = (
-        rows
-        | "CopiesOnly" >> beam.Filter(lambda row: row[0].copy > 0)
-        | "CountCopies" >> beam.combiners.Count.Globally()
-    )
-    metadata_path = (
-        p
-        | "Once" >> beam.Create([None])
-        | "WriteMetadata"
-        >> beam.Map(
-            write_sidecars,
-            output=config.output,
-            labels=beam.pvalue.AsSingleton(labels),
-            counts=beam.pvalue.AsList(counts),
-            errors=beam.pvalue.AsSingleton(error_count),
-            duplicates=beam.pvalue.AsList(copies.duplicates),
-            feature_dims=beam.pvalue.AsList(feature_dims),
-            shards=beam.pvalue.AsList(shards),
-            info=options_info,
-            temporary=beam.pvalue.AsList(temporary),
-            augmented=beam.pvalue.AsSingleton(augmented),
+    stats = (
+        (
+            rows.stats,
+            deduplicated.stats,
+            errors | "ErrorStats" >> beam.Map(lambda _: ((ERRORS,), 1)),
         )
+        | "AllStats" >> beam.Flatten()
+        | ("SumStats" >> beam.CombinePerKey(sum))
     )
-    return Outputs(rows, errors, copies.duplicates, labels, metadata_path)
+    metadata_path = shards | "WriteMetadata" >> beam.Map(
+        write_sidecars,
+        output=config.output,
+        error_files=beam.pvalue.AsList(error_files),
+        labels=beam.pvalue.AsSingleton(labels),
+        stats=beam.pvalue.AsList(stats),
+        duplicates=beam.pvalue.AsList(copies.duplicates),
+        info=options_info,
+        staging=staging,
+    )
+    return Outputs(errors, copies.duplicates, labels, shards, metadata_path)
 
 
-def augmented_rows(records, config: BottleneckConfig):
-    """(ImageKey with copy k, features) for K augmented copies of every training image."""
+def augmented_rows(images, config: BottleneckConfig):
+    """(ImageKey with copy k, PredictionResult) for K augmented copies of every training image."""
     backbone = config.backbone_config()
-    handler = keyed_handler(config, pixels=True)
-    inferred = (
-        records
-        | "TrainingOnly" >> beam.Filter(lambda r: r.split == TRAIN)
+    return (
+        images
+        | "TrainingOnly" >> beam.Filter(lambda image: image[0].split == TRAIN)
         | "Augment"
         >> beam.ParDo(
             AugmentCopies(
                 backbone, config.max_pixels, config.augment_config(), config.augment_copies
             )
         )
-        | "CopyFeatures" >> RunInference(handler)
-    )
-    return inferred | "UnwrapCopies" >> beam.MapTuple(
-        lambda key, result: (key, np.asarray(result.inference, dtype=np.float32))
+        | "CopyFeatures" >> RunInference(keyed_handler(config, pixels=True))
     )
 
 
@@ -715,10 +912,31 @@ def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
     }
 
 
+DIRECT_RUNNERS = {None, "DirectRunner", "direct", "SwitchingDirectRunner"}
+DIRECT_WORKERS = 2
+
+
+def local_parallelism(options: PipelineOptions, args: Sequence[str]) -> PipelineOptions:
+    """On the DirectRunner, unless the flags say otherwise: two bundles at a time, on threads.
+
+    Beam's default runs one bundle at a time, so the Python of every Beam step and the
+    backbone's TensorFlow call (which releases the GIL) take turns; with two, one bundle's
+    Python runs while the other's batch is in TensorFlow. Two is enough for that, and more would
+    only run more TensorFlow calls at once on the same cores.
+    """
+    runner = options.view_as(StandardOptions).runner
+    told = any(a.startswith(("--direct_num_workers", "--direct_running_mode")) for a in args)
+    if runner in DIRECT_RUNNERS and not told:
+        direct = options.view_as(DirectOptions)
+        direct.direct_num_workers = DIRECT_WORKERS
+        direct.direct_running_mode = "multi_threading"
+    return options
+
+
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):
     """Build and run the job. With `test_pipeline`, only build into it (the caller runs it)."""
     config, pipeline_args = parse_args(argv)
-    options = PipelineOptions(pipeline_args)
+    options = local_parallelism(PipelineOptions(pipeline_args), pipeline_args)
     info = job_info(config, options)
     if test_pipeline is not None:
         return build_pipeline(test_pipeline, config, info)

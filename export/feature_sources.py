@@ -89,7 +89,13 @@ class TFRecordFeatures:
             self.metadata = json.load(f)
         with tf.io.gfile.GFile(f"{self.prefix}/{LABELS_FILE}") as f:
             self.labels = [line for line in f.read().splitlines() if line]
-        self.files = sorted(tf.io.gfile.glob(f"{self.prefix}/{FEATURES_PREFIX}-*{TFRECORD_SUFFIX}"))
+        # The job lists its shards: a stray file matching the pattern is never read as data.
+        listed = self.metadata.get("shards")
+        self.files = (
+            [f"{self.prefix}/{name}" for name in listed]
+            if listed
+            else sorted(tf.io.gfile.glob(f"{self.prefix}/{FEATURES_PREFIX}-*{TFRECORD_SUFFIX}"))
+        )
         if not self.files:
             pattern = f"{FEATURES_PREFIX}-*{TFRECORD_SUFFIX}"
             raise FileNotFoundError(f"{self.prefix}: no {pattern} shards")

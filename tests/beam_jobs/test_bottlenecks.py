@@ -34,9 +34,12 @@ def test_pipeline_outputs_errors_duplicates_and_leakage(dup_root, tmp_path):
     red_copy = next(p for p in (dup_root / "red").glob("copy_*"))
     green_copy = next(p for p in (dup_root / "green").glob("copy_*"))
     original = dup_root / "red" / "img_001.png"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "features-00007-of-00009.tfrecord.gz").write_bytes(b"an earlier run's shard")
     with test_pipeline.TestPipeline() as p:
         outputs = bottlenecks.run(
-            ["--input", str(dup_root), "--output", str(tmp_path / "out"), *TINY_ARGS],
+            ["--input", str(dup_root), "--output", str(out), *TINY_ARGS, "--num_shards", "3"],
             test_pipeline=p,
         )
         assert_that(
@@ -67,6 +70,20 @@ def test_pipeline_outputs_errors_duplicates_and_leakage(dup_root, tmp_path):
             outputs.rows | beam.combiners.Count.Globally(), equal_to([120]), label="one_copy_kept"
         )
         assert_that(outputs.labels, equal_to([["blue", "green", "red"]]), label="labels")
+    # The files: rows are written before the duplicate report exists; the shard holding the
+    # dropped copies was rewritten before publishing, and the counts exclude them.
+    rows = read_rows(out)
+    assert len(rows) == 120
+    uris = [r["image/uri"].decode() for r in rows]
+    assert copies[0] in uris and not set(copies[1:]) & set(uris)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert (
+        meta["total"] == 120 == sum(n for split in meta["counts"].values() for n in split.values())
+    )
+    assert [d["kept"] for d in meta["leakage"]] == [copies[0]]
+    assert meta["shards"] == [f"features-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
+    assert sorted(p.name for p in out.glob("features-*")) == meta["shards"], "stale shard kept"
+    assert not list(out.glob(".tmp-*")), "the staging directory was left behind"
 
 
 def test_output_files_schema_and_metadata(bottlenecks_dir, shapes_root):
@@ -90,6 +107,8 @@ def test_output_files_schema_and_metadata(bottlenecks_dir, shapes_root):
         json.loads(line) for p in out.glob("errors-*.jsonl") for line in p.read_text().splitlines()
     ]
     assert sorted(os.path.basename(e["uri"]) for e in errors) == ["broken.jpg", "notes.txt"]
+    # metadata.json waits for the error files too, and names them
+    assert meta["error_files"] == sorted(p.name for p in out.glob("errors-*.jsonl"))
     rows = read_rows(out)
     assert len(rows) == 120
     row = rows[0]
@@ -201,9 +220,14 @@ def test_pipeline_builds_and_pickles_with_dataflow_gpu_options(shapes_root, tmp_
     bottlenecks.build_pipeline(pipeline, config, bottlenecks.job_info(config, options))
     proto = pipeline.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"Features", "WriteTempFeatures", "WriteTFRecords", "WriteMetadata"} <= {
-        n.split("/")[0] for n in names
-    }
+    assert {
+        "Features",
+        "EncodeRows",
+        "WriteTFRecords",
+        "DropCopies",
+        "Publish",
+        "WriteMetadata",
+    } <= {n.split("/")[0] for n in names}
     rebuilt = beam.Pipeline.from_runner_api(proto, pipeline.runner, options)
     assert rebuilt is not None
     info = bottlenecks.job_info(config, options)
@@ -225,3 +249,36 @@ def test_training_from_beam_output_matches_training_from_images(bottlenecks_dir,
     # Same images, labels and splits: the same data hash, wherever the features came from.
     assert from_beam.metrics["data_hash"] == trained.metrics["data_hash"]
     assert from_beam.config.backbone == "tiny" and from_beam.metrics["skipped_count"] == 2
+
+
+def test_direct_runner_defaults_to_two_threads_unless_told():
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    def direct(args):
+        options = bottlenecks.local_parallelism(PipelineOptions(args), args)
+        view = options.view_as(DirectOptions)
+        return view.direct_num_workers, view.direct_running_mode
+
+    assert direct([]) == (2, "multi_threading")
+    assert direct(["--runner", "DirectRunner"]) == (2, "multi_threading")
+    assert direct(["--direct_num_workers=1"]) == (1, "in_memory")
+    told = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert direct(told) == (2, "multi_processing")
+    dataflow = ["--runner", "DataflowRunner", "--project", "p", "--region", "r"]
+    assert direct(dataflow) == (1, "in_memory")  # Beam's defaults, untouched
+
+
+def test_readers_take_the_shards_metadata_lists(bottlenecks_dir, tmp_path):
+    """A stray file matching the shard pattern is never read as data."""
+    import shutil
+
+    from export.feature_sources import TFRecordFeatures
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bottlenecks_dir, copy)
+    (copy / "features-00009-of-00010.tfrecord.gz").write_bytes(b"not a shard")
+    source = TFRecordFeatures(str(copy))
+    assert [os.path.basename(f) for f in source.files] == json.loads(
+        (copy / "metadata.json").read_text()
+    )["shards"]
+    assert sum(1 for _ in source.rows()) == 120
