@@ -648,15 +648,20 @@ class DropCopiesFromShard(beam.DoFn):
 
 def publish(_, shards: list[str], output: str) -> list[str]:
     """Move the finished shards into the output directory under their own names; shards of an
-    earlier run into the same directory that this run did not write go first."""
+    earlier run into the same directory that this run did not write go first. Idempotent."""
     targets = [FileSystems.join(output, posixpath.basename(s)) for s in sorted(shards)]
     pattern = FileSystems.join(output, f"{FEATURES_PREFIX}-*{TFRECORD_SUFFIX}")
     existing = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     stale = sorted(set(existing) - set(targets))
     if stale:
         FileSystems.delete(stale)
-    if shards:
-        FileSystems.rename(sorted(shards), targets)
+    # A retried step finds the shards it already moved in place: move only what is still staged.
+    moves = [(s, t) for s, t in zip(sorted(shards), targets) if FileSystems.exists(s)]
+    if moves:
+        FileSystems.rename([s for s, _ in moves], [t for _, t in moves])
+    missing = [t for t in targets if not FileSystems.exists(t)]
+    if missing:
+        raise OSError(f"shards neither staged nor published: {missing}")
     return targets
 
 

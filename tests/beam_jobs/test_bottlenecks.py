@@ -282,3 +282,20 @@ def test_readers_take_the_shards_metadata_lists(bottlenecks_dir, tmp_path):
         (copy / "metadata.json").read_text()
     )["shards"]
     assert sum(1 for _ in source.rows()) == 120
+
+
+def test_publishing_again_after_a_retry_moves_nothing_twice(tmp_path):
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    staging.mkdir()
+    out.mkdir()
+    shards = [str(staging / f"features-0000{i}-of-00002.tfrecord.gz") for i in range(2)]
+    for i, shard in enumerate(shards):
+        Path(shard).write_bytes(b"shard %d" % i)
+    (out / "features-00005-of-00006.tfrecord.gz").write_bytes(b"stale")
+    first = bottlenecks.publish(None, shards, str(out))
+    assert bottlenecks.publish(None, shards, str(out)) == first  # a retried step
+    assert sorted(p.name for p in out.iterdir()) == [os.path.basename(s) for s in shards]
+    assert (out / "features-00001-of-00002.tfrecord.gz").read_bytes() == b"shard 1"
+    (out / "features-00000-of-00002.tfrecord.gz").unlink()
+    with pytest.raises(OSError, match="neither staged nor published"):
+        bottlenecks.publish(None, shards, str(out))
