@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import posixpath
-import struct
 import sys
 import uuid
 from collections import Counter
@@ -42,7 +41,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.common import NAMESPACE, failed_batch_rows, run_pipeline, setup_logging
-from beam_jobs.tfrecord_sink import GzipTFRecordSink, GzipTFRecordWriter, tfrecord_frame
+from beam_jobs.tfrecord_sink import GzipTFRecordSink, GzipTFRecordWriter, read_tfrecords
 from export.augment import AugmentConfig
 from export.backbones import BackboneConfig
 from export.bottleneck_schema import (
@@ -186,6 +185,18 @@ COUNT = "count"  # (COUNT, split, label): images written
 COPIES = "copies"  # (COPIES,): augmented copies written
 DIM = "dim"  # (DIM, feature dim): one key per dimension seen
 ERRORS = "errors"  # (ERRORS,): error rows
+
+
+def row_stat(key: ImageKey) -> tuple:
+    """The statistic a written row counts towards: its split and class, or the copies."""
+    return (COPIES,) if key.copy else (COUNT, key.split, key.label)
+
+
+def count_split_images(stats: Counter, sign: int) -> None:
+    """The images_<split> counters, from a bundle's statistics (sign -1: rows removed)."""
+    for stat, n in stats.items():
+        if stat[0] == COUNT:
+            Metrics.counter(NAMESPACE, f"images_{stat[1]}").inc(sign * n)
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -526,7 +537,7 @@ class EncodeRows(beam.DoFn):
             self.failed.inc()
             return [beam.pvalue.TaggedOutput("errors", error_row(key.uri, result.inference.reason))]
         features = np.asarray(result.inference, dtype=np.float32)
-        self._stats[(COPIES,) if key.copy else (COUNT, key.split, key.label)] += 1
+        self._stats[row_stat(key)] += 1
         self._stats[(DIM, int(features.size))] = 1
         row = encode_example(
             uri=key.uri,
@@ -541,9 +552,8 @@ class EncodeRows(beam.DoFn):
         return [row]
 
     def finish_bundle(self):
+        count_split_images(self._stats, +1)
         for stat, n in self._stats.items():
-            if stat[0] == COUNT:
-                Metrics.counter(NAMESPACE, f"images_{stat[1]}").inc(n)
             yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value((stat, n)))
 
 
@@ -577,25 +587,16 @@ class FindCopies(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("dropped", (uri, sha256))
 
 
-def read_tfrecords(path: str):
-    """The records of a gzip TFRecord file, CRCs checked (any Beam filesystem)."""
-    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
-        while header := f.read(12):
-            (length,) = struct.unpack("<Q", header[:8])
-            data = f.read(length)
-            footer = f.read(4)
-            if len(header) < 12 or len(data) < length or len(footer) < 4:
-                raise OSError(f"{path}: truncated TFRecord")
-            if tfrecord_frame(data) != header + data + footer:
-                raise OSError(f"{path}: TFRecord checksum mismatch")
-            yield data
-
-
-def key_of(row: bytes) -> ImageKey:
-    """The ImageKey of a written row (parses the tf.Example)."""
+def parse_row(row: bytes):
+    """(ImageKey, tf.train.Example) of a written row."""
     import tensorflow as tf
 
-    feature = tf.train.Example.FromString(row).features.feature
+    example = tf.train.Example.FromString(row)
+    return key_of(example), example
+
+
+def key_of(example) -> ImageKey:
+    feature = example.features.feature
 
     def text(name: str) -> str:
         return feature[name].bytes_list.value[0].decode("utf-8")
@@ -627,7 +628,7 @@ class DropCopiesFromShard(beam.DoFn):
             return [path]
         kept, removed = [], []
         for row in read_tfrecords(path):
-            key = key_of(row)
+            key, _ = parse_row(row)
             (removed if key.uri in dropped else kept).append((key, row))
         if not removed:
             return [path]
@@ -637,10 +638,8 @@ class DropCopiesFromShard(beam.DoFn):
             writer.write_record(row)
         writer.close()
         FileSystems.rename([rewritten + ".tmp"], [rewritten])
-        stats = Counter((COPIES,) if k.copy else (COUNT, k.split, k.label) for k, _ in removed)
-        for stat, n in stats.items():
-            if stat[0] == COUNT:
-                Metrics.counter(NAMESPACE, f"images_{stat[1]}").dec(n)
+        stats = Counter(row_stat(k) for k, _ in removed)
+        count_split_images(stats, -1)
         return [rewritten] + [
             beam.pvalue.TaggedOutput("stats", (stat, -n)) for stat, n in stats.items()
         ]
@@ -743,14 +742,11 @@ class Outputs:
     def rows(self) -> beam.PCollection:
         """(ImageKey, tf.train.Example) as published. Built on first use only: it reads the
         shards back, which a production run has no need of."""
-        import tensorflow as tf
-
         return (
             self.shards
             | "PublishedShards" >> beam.FlatMap(lambda paths: paths)
             | "ReadPublished" >> beam.io.ReadAllFromTFRecord(compression_type=CompressionTypes.GZIP)
-            | "ParsePublished"
-            >> beam.Map(lambda row: (key_of(row), tf.train.Example.FromString(row)))
+            | "ParsePublished" >> beam.Map(parse_row)
         )
 
 

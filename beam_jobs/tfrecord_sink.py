@@ -43,6 +43,7 @@ import google_crc32c
 from apache_beam import coders
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 DEFAULT_LEVEL = 1
 DEFAULT_STRATEGY = zlib.Z_RLE
@@ -69,6 +70,21 @@ def _frame_parts(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
 def tfrecord_frame(data: bytes) -> bytes:
     """One TFRecord: length, masked CRC-32C of the length, data, masked CRC-32C of the data."""
     return b"".join(_frame_parts(data))
+
+
+def read_tfrecords(path: str):
+    """The records of a gzip TFRecord file on any Beam filesystem, CRCs checked."""
+    header_size = _LENGTH.size + _CRC.size
+    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
+        while header := f.read(header_size):
+            (length,) = _LENGTH.unpack(header[: _LENGTH.size])
+            data = f.read(length)
+            footer = f.read(_CRC.size)
+            if len(header) < header_size or len(data) < length or len(footer) < _CRC.size:
+                raise OSError(f"{path}: truncated TFRecord")
+            if tfrecord_frame(data) != header + data + footer:
+                raise OSError(f"{path}: TFRecord checksum mismatch")
+            yield data
 
 
 def _compressor(level: int, strategy: int):

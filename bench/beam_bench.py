@@ -165,13 +165,12 @@ def main() -> None:
     def rate(r: dict) -> float:
         return r["images"] / r["seconds"]
 
-    def fixed_seconds(small: dict, large: dict) -> float:
-        """The intercept of seconds against images: what a run costs before its first image."""
-        per_image = (large["seconds"] - small["seconds"]) / (large["images"] - small["images"])
-        return small["seconds"] - per_image * small["images"]
-
     def marginal_rate(small: dict, large: dict) -> float:
         return (large["images"] - small["images"]) / (large["seconds"] - small["seconds"])
+
+    def fixed_seconds(small: dict, large: dict) -> float:
+        """The intercept of seconds against images: what a run costs before its first image."""
+        return small["seconds"] - small["images"] / marginal_rate(small, large)
 
     record(
         "beam (mobilenet_v2 alpha 0.35 at 96x96, weights none, batch 64, DirectRunner)",
