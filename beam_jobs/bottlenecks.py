@@ -6,7 +6,8 @@ Our flags are parsed here; every other flag goes to Beam's PipelineOptions uncha
 command runs on the DirectRunner or on Dataflow (`--runner DataflowRunner --setup_file ./setup.py`).
 
 Output directory OUT (local or any Beam filesystem, e.g. gs://):
-  features-SSSSS-of-NNNNN.tfrecord.gz   one tf.Example per image (export/bottleneck_schema.py)
+  features-SSSSS-of-NNNNN.tfrecord.gz   one tf.Example per image
+                                        (export/features/bottleneck_schema.py)
   labels.txt                            class names, line i = label_id i
   errors-SSSSS-of-NNNNN.jsonl           {"uri", "reason"} for each image that could not be used
   metadata.json                         counts, backbone, duplicates/leakage, options (written last)
@@ -42,9 +43,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.common import NAMESPACE, failed_batch_rows, run_pipeline, setup_logging
 from beam_jobs.tfrecord_sink import GzipTFRecordSink, GzipTFRecordWriter, read_tfrecords
-from export.augment import AugmentConfig
-from export.backbones import BackboneConfig
-from export.bottleneck_schema import (
+from export.data.dataset import TRAIN, SplitConfig, parse_path, split_of
+from export.features.bottleneck_schema import (
     ERRORS_PREFIX,
     FEATURES_PREFIX,
     LABELS_FILE,
@@ -52,9 +52,10 @@ from export.bottleneck_schema import (
     TFRECORD_SUFFIX,
     encode_example,
 )
-from export.dataset import TRAIN, SplitConfig, parse_path, split_of
-from export.features import FeatureModel, ImageError
-from export.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION
+from export.features.extraction import FeatureModel, ImageError
+from export.model.backbones import BackboneConfig
+from export.model.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION
+from export.training.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
 LIST_SUFFIXES = (".csv", ".txt", ".tsv")
@@ -446,8 +447,8 @@ class BackboneModelHandler(ModelHandler[bytes, Any, FeatureModel]):
         self._redone = Metrics.counter(NAMESPACE, "batches_redone_per_image")
 
     def load_model(self) -> FeatureModel:
-        from export.backbones import build_feature_extractor
-        from export.preprocessing import Preprocessor
+        from export.model.backbones import build_feature_extractor
+        from export.model.preprocessing import Preprocessor
 
         return FeatureModel(
             build_feature_extractor(self.backbone), Preprocessor(self.backbone, self.max_pixels)
@@ -489,12 +490,12 @@ class AugmentCopies(beam.DoFn):
         self._preprocess = None
 
     def setup(self):
-        from export.preprocessing import EagerPreprocessor, Preprocessor
+        from export.model.preprocessing import EagerPreprocessor, Preprocessor
 
         self._preprocess = EagerPreprocessor(Preprocessor(self.backbone, self.max_pixels))
 
     def process(self, image: tuple[ImageKey, bytes]):
-        from export.augment import augment_copies
+        from export.training.augment import augment_copies
 
         key, data = image
         pixels, reason = self._preprocess(data)
@@ -894,7 +895,7 @@ def augmented_rows(images, config: BottleneckConfig):
 
 
 def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
-    from export.preprocessing import Preprocessor
+    from export.model.preprocessing import Preprocessor
 
     return {
         "backbone": config.backbone_config().to_dict(),

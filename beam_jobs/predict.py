@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PredictConfig, list[str]]:
 
 def resolve_version_dir(model_dir: str, version: int | None) -> str:
     """Local paths: the highest integer version (as TF Serving picks); a version dir as is."""
-    from export.predict import resolve_version
+    from export.publishing.versions import resolve_version
 
     return str(resolve_version(Path(model_dir), version))
 
@@ -123,7 +123,7 @@ class SavedModelHandler(ModelHandler[bytes, dict, Any]):
     def run_inference(self, batch: Sequence[bytes], model, inference_args=None):
         import tensorflow as tf
 
-        from export.preprocessing import error_reason
+        from export.model.preprocessing import error_reason
 
         try:
             outputs = self._score(batch, model)

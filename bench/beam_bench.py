@@ -67,10 +67,10 @@ DEMO_FLAGS = ["--backbone", "efficientnet_lite0", "--weights", "imagenet"]
 
 
 def in_process(images: Path, backbone: dict | None = None) -> dict:
-    from export.backbones import BackboneConfig, build_feature_extractor
-    from export.dataset import scan
-    from export.features import compute_features
-    from export.preprocessing import Preprocessor
+    from export.data.dataset import scan
+    from export.features.extraction import compute_features
+    from export.model.backbones import BackboneConfig, build_feature_extractor
+    from export.model.preprocessing import Preprocessor
 
     config = BackboneConfig(
         **(backbone or {"name": "mobilenet_v2", "weights": "none", "image_size": 96, "alpha": 0.35})

@@ -48,7 +48,7 @@ LIGHT_MODEL = {"backbone": "mobilenet_v2", "weights": "none", "image_size": 96, 
 
 
 def export(images: Path, base: Path, model: dict = DEMO_MODEL) -> Path:
-    from export.exporter import ExportConfig, export_model
+    from export.publishing.exporter import ExportConfig, export_model
 
     config = ExportConfig(
         data=str(images),

@@ -64,7 +64,7 @@ def from_tf_error(exc: Exception) -> ServingError:
     code_value = getattr(exc, "error_code", None)
     code = next((c for c in grpc.StatusCode if c.value[0] == code_value), grpc.StatusCode.UNKNOWN)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        from export.preprocessing import error_reason  # lazy: only when an input is refused
+        from export.model.preprocessing import error_reason  # lazy: only when an input is refused
 
         return ServingError(code, error_reason(exc))
     message = getattr(exc, "message", None) or str(exc)

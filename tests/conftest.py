@@ -26,7 +26,8 @@ def shapes_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(shapes_root, tmp_path_factory):
-    from export.train import TrainConfig, train
+    from export.experiments.report import train_and_report
+    from export.training.config import TrainConfig
 
     config = TrainConfig(
         data=str(shapes_root),
@@ -34,12 +35,12 @@ def trained(shapes_root, tmp_path_factory):
         **TINY,
         **{**FAST_TRAINING, "report": True},  # the run whose report.html test_report checks
     )
-    return train(config)
+    return train_and_report(config)
 
 
 @pytest.fixture(scope="session")
 def export_config(shapes_root, tmp_path_factory):
-    from export.exporter import ExportConfig
+    from export.publishing.exporter import ExportConfig
 
     return ExportConfig(
         data=str(shapes_root),
@@ -53,7 +54,7 @@ def export_config(shapes_root, tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(export_config, trained):
     """Version 1 of the `shapes` model, published through the gate."""
-    from export.exporter import export_model
+    from export.publishing.exporter import export_model
 
     return export_model(export_config, result=trained)
 

@@ -3,7 +3,7 @@ import shutil
 import pytest
 from testconfig import bottleneck_args
 
-from export.dataset import assign_split
+from export.data.dataset import assign_split
 
 
 @pytest.fixture(scope="session")

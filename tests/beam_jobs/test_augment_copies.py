@@ -9,11 +9,11 @@ import tensorflow as tf
 from testconfig import bottleneck_args
 
 from beam_jobs import bottlenecks
-from export.augment import AugmentConfig, augment_copies
-from export.backbones import BackboneConfig, build_feature_extractor
-from export.bottleneck_schema import decode_example
-from export.feature_sources import TFRecordFeatures
-from export.preprocessing import EagerPreprocessor, Preprocessor
+from export.features.bottleneck_schema import decode_example
+from export.features.sources import TFRecordFeatures
+from export.model.backbones import BackboneConfig, build_feature_extractor
+from export.model.preprocessing import EagerPreprocessor, Preprocessor
+from export.training.augment import AugmentConfig, augment_copies
 
 COPIES = 2
 
@@ -96,13 +96,14 @@ def test_trainer_uses_copies_for_training_only(augmented_dir, bottlenecks_dir):
     assert count(source.dataset("train")) == train
     assert count(source.dataset("train", copies=True)) == (COPIES + 1) * train
     assert count(source.dataset("validation", copies=True)) == count(plain.dataset("validation"))
-    from export.feature_sources import content_hash
+    from export.features.sources import content_hash
 
     assert content_hash(source.rows()) == content_hash(plain.rows())
 
 
 def test_head_trains_on_the_copies_and_is_evaluated_on_images(augmented_dir, tmp_path):
-    from export.train import TrainConfig, train
+    from export.training.config import TrainConfig
+    from export.training.train import train
 
     result = train(
         TrainConfig(bottlenecks=str(augmented_dir), run_dir=str(tmp_path), epochs=2, report=False)

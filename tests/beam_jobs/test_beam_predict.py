@@ -4,7 +4,7 @@ import numpy as np
 from imagegen import COLOURS, encode, square_image
 
 from beam_jobs import predict as beam_predict
-from export.predict import main as xfer_predict
+from export.cli.predict import main as xfer_predict
 
 
 def images_folder(root):

@@ -12,10 +12,10 @@ from testconfig import FAST_TRAINING, TINY
 
 from beam_jobs import bottlenecks
 from beam_jobs.common import report_metrics
-from export.backbones import BackboneConfig, build_feature_extractor
-from export.bottleneck_schema import decode_example
-from export.dataset import assign_split
-from export.preprocessing import EagerPreprocessor, Preprocessor
+from export.data.dataset import assign_split
+from export.features.bottleneck_schema import decode_example
+from export.model.backbones import BackboneConfig, build_feature_extractor
+from export.model.preprocessing import EagerPreprocessor, Preprocessor
 
 TINY_ARGS = ["--backbone", TINY["backbone"], "--weights", TINY["weights"]]
 
@@ -237,7 +237,8 @@ def test_pipeline_builds_and_pickles_with_dataflow_gpu_options(shapes_root, tmp_
 
 
 def test_training_from_beam_output_matches_training_from_images(bottlenecks_dir, trained, tmp_path):
-    from export.train import TrainConfig, train
+    from export.training.config import TrainConfig
+    from export.training.train import train
 
     from_beam = train(
         TrainConfig(bottlenecks=str(bottlenecks_dir), run_dir=str(tmp_path), **FAST_TRAINING)
@@ -272,7 +273,7 @@ def test_readers_take_the_shards_metadata_lists(bottlenecks_dir, tmp_path):
     """A stray file matching the shard pattern is never read as data."""
     import shutil
 
-    from export.feature_sources import TFRecordFeatures
+    from export.features.sources import TFRecordFeatures
 
     copy = tmp_path / "copy"
     shutil.copytree(bottlenecks_dir, copy)

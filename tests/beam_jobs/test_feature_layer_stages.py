@@ -9,14 +9,14 @@ import tensorflow as tf
 from testconfig import FAST_TRAINING, bottleneck_args
 
 from beam_jobs import bottlenecks
-from export.bottleneck_schema import decode_example
+from export.features.bottleneck_schema import decode_example
 
 LAYER = "conv1"  # tiny: conv1 -> conv2 -> max pool; cut at conv1, features are 16 wide
 
 
 def test_feature_layer_flows_from_beam_through_training_export_and_gradcam(shapes_root, tmp_path):
-    from export.exporter import ExportConfig, export_model
-    from export.gradcam import load_run
+    from export.experiments.gradcam import load_run
+    from export.publishing.exporter import ExportConfig, export_model
 
     out = tmp_path / "bottlenecks"
     bottlenecks.run(bottleneck_args(shapes_root, out, "--feature_layer", LAYER))
@@ -46,7 +46,7 @@ def test_feature_layer_flows_from_beam_through_training_export_and_gradcam(shape
     served = embedding(image_bytes=tf.constant(images))["features"].numpy()
     assert np.max(np.abs(served - np.stack([r["features"] for r in rows]))) <= 1e-5
 
-    from export.gradcam import default_layer
+    from export.experiments.gradcam import default_layer
 
     run = load_run(tmp_path / "run")
     assert default_layer(run.extractor) == LAYER

@@ -5,16 +5,16 @@ import pytest
 import tensorflow as tf
 from testconfig import TINY
 
-from export.augment import (
+from export.data.dataset import TEST, TRAIN, VALIDATION
+from export.model.preprocessing import NORMALIZATIONS, EagerPreprocessor
+from export.training.augment import (
     AugmentConfig,
     augment_copies,
     augment_images,
     build_augmentation,
     copy_seed,
 )
-from export.dataset import TEST, TRAIN, VALIDATION
-from export.preprocessing import NORMALIZATIONS, EagerPreprocessor
-from export.train import TrainConfig
+from export.training.config import TrainConfig
 
 
 def pictures(n=6, size=32, seed=0) -> np.ndarray:
@@ -173,11 +173,11 @@ def test_transforms_commute_with_the_backbones_normalisation(mode):
 
 @pytest.fixture(scope="module")
 def images(shapes_root):
-    from export.backbones import build_feature_extractor
-    from export.dataset import scan
-    from export.feature_sources import InMemoryFeatures
-    from export.features import compute_features
-    from export.finetune import ImageSource
+    from export.data.dataset import scan
+    from export.features.extraction import compute_features
+    from export.features.sources import InMemoryFeatures
+    from export.model.backbones import build_feature_extractor
+    from export.training.finetune import ImageSource
 
     config = TrainConfig(data=str(shapes_root), **TINY)
     dataset = scan(shapes_root)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from export.backbones import (
+from export.model.backbones import (
     REGISTRY,
     BackboneConfig,
     build_feature_extractor,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export.bottleneck_schema import decode_example, encode_example
+from export.features.bottleneck_schema import decode_example, encode_example
 
 # 1e300 as float32 is inf, as it was before; numpy warns about the cast.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

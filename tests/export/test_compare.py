@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from testconfig import TINY
 
-from export.compare import EntrySyntaxError, entry_config, main, parse_entries
-from export.train import TrainConfig
+from export.cli.compare import main
+from export.experiments.compare_entries import EntrySyntaxError, entry_config, parse_entries
+from export.training.config import TrainConfig
 
 SECOND = "tiny@image_size=48,learning_rate=0.003"
 ENTRIES = f"tiny,{SECOND},resnet9000"
@@ -134,9 +135,9 @@ def test_saved_baseline_reloads_without_augmentation_and_reproduces_its_accuracy
     import keras
     import numpy as np
 
-    from export.backbones import BackboneConfig
-    from export.dataset import scan
-    from export.preprocessing import EagerPreprocessor, Preprocessor
+    from export.data.dataset import scan
+    from export.model.backbones import BackboneConfig
+    from export.model.preprocessing import EagerPreprocessor, Preprocessor
 
     _, out, report = compared
     row = next(r for r in report["entries"] if r["name"] == "baseline")

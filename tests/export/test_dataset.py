@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from export.dataset import (
+from export.data.dataset import (
     DatasetError,
     SplitConfig,
     assign_split,

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import efficientnet_lite as lite
-from export import torch_pickle
-from export.backbones import BackboneConfig, build_feature_extractor
-from export.classify import EXIT_OK, EXIT_SOME_FAILED, ImageNetClassifier, imagenet_labels, main
+from export.cli.classify import EXIT_OK, EXIT_SOME_FAILED, main
+from export.model.backbones import BackboneConfig, build_feature_extractor
+from export.model.imagenet_classifier import ImageNetClassifier
+from export.pretrained import efficientnet_lite as lite
+from export.pretrained import torch_pickle
+from export.pretrained.imagenet import imagenet_labels
 
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -207,7 +209,7 @@ def test_logits_match_the_pytorch_reference(logits_model):
 
 
 def test_imagenet_head_on_the_registry_extractor_is_the_imagenet_classifier(logits_model):
-    from export.heads import build_classifier
+    from export.model.heads import build_classifier
 
     extractor = build_feature_extractor(BackboneConfig("efficientnet_lite0", weights="imagenet"))
     model = build_classifier(extractor, lite.build_imagenet_head())
@@ -374,7 +376,7 @@ def test_classify_uses_the_shared_preprocessing_contract(classifier):
     # Same bytes through the contract by hand and through the classifier: same scores.
     import tensorflow as tf
 
-    from export.preprocessing import Preprocessor
+    from export.model.preprocessing import Preprocessor
 
     data = GRACE_HOPPER.read_bytes()
     image = Preprocessor(BackboneConfig("efficientnet_lite0"))(tf.constant(data)).numpy()

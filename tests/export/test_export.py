@@ -12,9 +12,10 @@ import tensorflow as tf
 from imagegen import COLOURS, encode, square_image
 
 from export.contract import CLASSIFY_METHOD, PREDICT_METHOD
-from export.exporter import export_model
-from export.gate import GateError, run_gate
-from export.publish import TMP_PREFIX, VersionExistsError, list_versions, publish
+from export.publishing.exporter import export_model
+from export.publishing.gate import GateError, run_gate
+from export.publishing.publish import TMP_PREFIX, VersionExistsError, publish
+from export.publishing.versions import list_versions
 
 
 def jpeg(colour):
@@ -159,7 +160,7 @@ def test_gate_refuses_a_broken_model_and_publishes_nothing(exported, tmp_path):
 def test_min_accuracy_gate_exits_1_and_publishes_nothing(shapes_root, tmp_path, capsys):
     from testconfig import TINY
 
-    from export.export_cli import main
+    from export.cli.export import main
 
     base = tmp_path / "models" / "m"
     args = [
@@ -190,7 +191,7 @@ def test_kill_9_during_export_leaves_no_integer_directory(shapes_root, tmp_path)
     cmd = [
         sys.executable,
         "-m",
-        "export.export_cli",
+        "export.cli.export",
         "--data",
         str(shapes_root),
         "--backbone",
@@ -224,7 +225,7 @@ def test_kill_9_during_export_leaves_no_integer_directory(shapes_root, tmp_path)
     assert list_versions(base) == []
     assert list(base.glob(f"{TMP_PREFIX}*")), "the interrupted candidate should still be hidden"
     # The next export starts by removing temporaries whose process is gone.
-    from export.publish import remove_stale_temporaries
+    from export.publishing.publish import remove_stale_temporaries
 
     assert remove_stale_temporaries(base)
     assert list(base.iterdir()) == []

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from testconfig import TINY
 
-from export.fewshot import main
+from export.cli.fewshot import main
 
 SHOTS, REPEATS, SEED = (1, 5, 10), 3, 7
 HEAD = ["--epochs", "10", "--learning-rate", "0.01", "--no-progress"]

@@ -8,12 +8,13 @@ import pytest
 import tensorflow as tf
 from testconfig import TINY
 
-from export.backbones import BackboneConfig, build_feature_extractor
-from export.dataset import SPLITS, TEST, TRAIN, VALIDATION
-from export.heads import build_classifier
-from export.preprocessing import EagerPreprocessor
-from export.runs import BACKBONE_WEIGHTS_FILE, HEAD_ONLY_FILE, load_run_classifier
-from export.train import TrainConfig, train
+from export.data.dataset import SPLITS, TEST, TRAIN, VALIDATION
+from export.model.backbones import BackboneConfig, build_feature_extractor
+from export.model.heads import build_classifier
+from export.model.preprocessing import EagerPreprocessor
+from export.training.config import TrainConfig
+from export.training.runs import BACKBONE_WEIGHTS_FILE, HEAD_ONLY_FILE, load_run_classifier
+from export.training.train import train
 
 # Head first (a few epochs, so its scores are not saturated), then 3 epochs end to end.
 FINE_TUNE = {
@@ -100,7 +101,7 @@ def test_metrics_record_both_phases_and_the_run_dir_can_rebuild_the_model(tuned)
 
 
 def test_fine_tuned_model_is_what_export_publishes_through_the_gate(tuned, shapes_root, tmp_path):
-    from export.exporter import ExportConfig, export_model
+    from export.publishing.exporter import ExportConfig, export_model
 
     config = ExportConfig(
         data=str(shapes_root), model_name="tuned", model_base_path=str(tmp_path), **FINE_TUNE
@@ -125,8 +126,8 @@ def test_fine_tuned_model_is_what_export_publishes_through_the_gate(tuned, shape
 def test_backbone_runs_in_inference_mode_even_where_batch_norm_could_train():
     """The wrapper alone keeps moving statistics, although fit() runs with training=True and
     this batch norm is left trainable (its gamma moves; its statistics must not)."""
-    from export.finetune import fine_tune_model
-    from export.heads import build_head
+    from export.model.heads import build_head
+    from export.training.finetune import fine_tune_model
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
@@ -159,7 +160,7 @@ def test_unknown_layer_is_a_clear_error_before_any_training(shapes_root, tmp_pat
 def write_bottlenecks(prefix, source, backbone: BackboneConfig, preprocessor, root, splits):
     """Bottleneck output in the Beam job's schema, for the images of `splits`; every training
     image is written twice, as augmented copies are (same URI)."""
-    from export.bottleneck_schema import encode_example
+    from export.features.bottleneck_schema import encode_example
 
     prefix.mkdir()
     table = source.table
@@ -197,9 +198,9 @@ def test_from_bottlenecks_a_block_prefix_keeps_earlier_layers_and_batch_norm_fro
     fine-tune on are the records' URIs. No validation split, to keep the test short."""
     from imagegen import write_shapes_dataset
 
-    from export.dataset import scan
-    from export.feature_sources import InMemoryFeatures, TFRecordFeatures
-    from export.features import compute_features
+    from export.data.dataset import scan
+    from export.features.extraction import compute_features
+    from export.features.sources import InMemoryFeatures, TFRecordFeatures
 
     root = write_shapes_dataset(tmp_path / "images", per_class=10)
     config = TrainConfig(

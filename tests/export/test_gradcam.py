@@ -11,8 +11,8 @@ from PIL import Image
 from pngcheck import png_pixels
 from testconfig import FAST_TRAINING, TINY
 
-from export.explain_cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
-from export.gradcam import default_layer, load_run, peak_xy
+from export.cli.explain import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
+from export.experiments.gradcam import default_layer, load_run, peak_xy
 
 SIZE, SIDE = 96, 24  # the square is 25% of the image side
 
@@ -33,7 +33,8 @@ def inside(peak, box):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from export.train import TrainConfig, train
+    from export.training.config import TrainConfig
+    from export.training.train import train
 
     root = tmp_path_factory.mktemp("squares")
     rng = np.random.default_rng(0)
@@ -150,6 +151,6 @@ def test_cli_not_a_run_dir_exits_2(tmp_path, capsys):
 
 def test_runnable_as_a_module():
     done = subprocess.run(
-        [sys.executable, "-m", "export.explain_cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "export.cli.explain", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "--run-dir" in done.stdout

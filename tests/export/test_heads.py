@@ -1,6 +1,6 @@
 import numpy as np
 
-from export.heads import VARIANCE_FLOOR, build_head, floor_variance
+from export.model.heads import VARIANCE_FLOOR, build_head, floor_variance
 
 
 def test_a_feature_constant_in_training_is_not_amplified_when_it_wakes_up():

@@ -78,7 +78,7 @@ def test_confusion_and_curves_pngs(tmp_path):
 
 
 def test_train_uses_the_moved_plot_curves():
-    from export import train
+    from export.training import train
 
     assert train.plot_curves is plots.plot_curves
 

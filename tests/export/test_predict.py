@@ -3,7 +3,7 @@ import json
 import numpy as np
 from imagegen import COLOURS, encode, square_image
 
-from export.predict import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
+from export.cli.predict import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 
 
 def write_images(tmp_path):

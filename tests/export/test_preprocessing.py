@@ -6,8 +6,8 @@ import tensorflow as tf
 from imagegen import encode
 from PIL import Image
 
-from export.backbones import BackboneConfig, get_spec, names
-from export.preprocessing import (
+from export.model.backbones import BackboneConfig, get_spec, names
+from export.model.preprocessing import (
     NORMALIZATIONS,
     EagerPreprocessor,
     Preprocessor,

@@ -13,8 +13,8 @@ import pytest
 from pngcheck import png_pixels
 from testconfig import FAST_TRAINING, TINY
 
-from export.report import REPORT_FILE, SECTIONS
-from export.report_cli import main as report_main
+from export.cli.report import main as report_main
+from export.experiments.report_html import REPORT_FILE, SECTIONS
 
 CHROMIUM = "/usr/bin/chromium"
 IMAGE_SECTIONS = [s for s in SECTIONS if s not in ("config", "data", "metrics")]
@@ -65,7 +65,7 @@ def parse(path: Path) -> ReportParser:
 @pytest.fixture(scope="module")
 def report(trained) -> Path:
     path = trained.run_dir / REPORT_FILE
-    assert path.exists(), "train() did not write report.html"
+    assert path.exists(), "train_and_report() did not write report.html"
     return path
 
 
@@ -177,8 +177,9 @@ def test_xfer_report_on_a_folder_that_is_not_a_run(tmp_path, caplog):
 
 
 def test_report_can_be_turned_off(shapes_root, tmp_path):
-    from export.train import TrainConfig, train
+    from export.experiments.report import train_and_report
+    from export.training.config import TrainConfig
 
     config = {**FAST_TRAINING, "epochs": 1, "report": False}
-    train(TrainConfig(data=str(shapes_root), run_dir=str(tmp_path), **TINY, **config))
+    train_and_report(TrainConfig(data=str(shapes_root), run_dir=str(tmp_path), **TINY, **config))
     assert (tmp_path / "metrics.json").exists() and not (tmp_path / REPORT_FILE).exists()

@@ -4,8 +4,9 @@ import json
 import pytest
 from testconfig import FAST_TRAINING, TINY
 
-from export.train import TrainConfig, train
-from export.train_cli import main as train_main
+from export.cli.train import main as train_main
+from export.training.config import TrainConfig
+from export.training.train import train
 
 
 def _train(data, run_dir, **extra):

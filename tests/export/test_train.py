@@ -4,7 +4,7 @@ import json
 import pytest
 from testconfig import FAST_TRAINING, TINY
 
-from export.train_cli import main as train_main
+from export.cli.train import main as train_main
 
 
 def test_head_reaches_90_percent_validation_accuracy(trained):
@@ -80,8 +80,9 @@ def test_class_without_any_decodable_image_is_an_error(tmp_path):
         (tmp_path / "good" / f"{i}.png").write_bytes(encode(square_image((255, 0, 0)), "PNG"))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"nope")
-    from export.dataset import DatasetError
-    from export.train import TrainConfig, train
+    from export.data.dataset import DatasetError
+    from export.training.config import TrainConfig
+    from export.training.train import train
 
     with pytest.raises(DatasetError, match=f"{tmp_path / 'bad'}: no decodable training image"):
         train(

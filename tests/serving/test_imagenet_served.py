@@ -17,7 +17,7 @@ PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 def test_imagenet_head_is_published_and_served(tmp_path, monkeypatch):
     from servertools import free_port, start_server
 
-    from export.export_cli import main as export_main
+    from export.cli.export import main as export_main
 
     monkeypatch.setenv("XFER_CACHE_DIR", str(tmp_path / "cache"))
     base = tmp_path / "models" / "imagenet"

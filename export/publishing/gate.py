@@ -1,0 +1,221 @@
+"""The publish gate: load a candidate version exactly as TF Serving does, in a fresh process.
+
+`python -m export.publishing.gate --saved-model DIR --request REQ.json --output OUT.npz` runs
+in a new interpreter (no Keras objects, no TF2 caches from the exporter), loads the SavedModel with
+`tf.compat.v1.saved_model.loader.load(sess, ["serve"], dir)`, runs every signature through its
+SignatureDef tensor names, replays the warmup file, checks the contract of DESIGN.md and writes
+every output for the parent to compare with the in-memory model (`run_gate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.contract import (
+    CLASSIFICATION,
+    ENCODED_FEATURE,
+    INPUTS,
+    METHODS,
+    OUTPUTS,
+    SERVE_TAG,
+    WARMUP_FILE,
+)
+
+
+class GateError(RuntimeError):
+    """The candidate version must not be published; the message says why."""
+
+
+@dataclass
+class GateReport:
+    signatures: list[str]
+    warmup_records: int
+    max_abs_diff: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {
+            "signatures": self.signatures,
+            "warmup_records": self.warmup_records,
+            "max_abs_diff": self.max_abs_diff,
+        }
+
+
+# ---------------------------------------------------------------- child process (TF1-style load)
+
+
+def _example(image: bytes) -> bytes:
+    import tensorflow as tf
+
+    feature = {ENCODED_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _check_outputs(name: str, values: dict, n: int, expect: dict, problems: list[str]) -> None:
+    widths = {
+        "classes": expect["num_classes"],
+        "k": expect["top_k"],
+        "features": expect["feature_dim"],
+    }
+    for output, (dtype, width) in OUTPUTS[name].items():
+        if output not in values:
+            problems.append(f"{name}: missing output {output!r}")
+            continue
+        value = values[output]
+        kind = "string" if value.dtype == object else str(value.dtype)
+        if kind != dtype:
+            problems.append(f"{name}/{output}: dtype {kind}, expected {dtype}")
+        if value.shape != (n, widths[width]):
+            problems.append(f"{name}/{output}: shape {value.shape}, expected {(n, widths[width])}")
+
+
+def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    import tensorflow as tf
+
+    images = [base64.b64decode(s) for s in request["images"]]
+    n = len(images)
+    problems: list[str] = []
+    arrays: dict[str, np.ndarray] = {}
+    warmup = 0
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta_graph = tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], saved_model)
+        signatures = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
+        for name in OUTPUTS:
+            if name not in signatures:
+                problems.append(f"missing signature {name!r}")
+        for name, sig in sorted(signatures.items()):
+            if name in METHODS and sig.method_name != METHODS[name]:
+                problems.append(
+                    f"{name}: method_name {sig.method_name!r}, expected {METHODS[name]!r}"
+                )
+            input_key = INPUTS.get(name)
+            if input_key not in sig.inputs:
+                problems.append(f"{name}: no input {input_key!r} (has {sorted(sig.inputs)})")
+                continue
+            feed = [_example(i) for i in images] if name == CLASSIFICATION else images
+            fetches = {k: v.name for k, v in sig.outputs.items()}
+            values = sess.run(fetches, {sig.inputs[input_key].name: feed})
+            if name in OUTPUTS:
+                _check_outputs(name, values, n, request, problems)
+            for key, value in values.items():
+                if value.dtype != object:
+                    arrays[f"{name}/{key}"] = value
+                else:
+                    arrays[f"{name}/{key}"] = value.astype(str)
+        warmup_path = os.path.join(saved_model, "assets.extra", WARMUP_FILE)
+        if os.path.exists(warmup_path):
+            from tensorflow_serving.apis import prediction_log_pb2
+
+            for record in tf.compat.v1.io.tf_record_iterator(warmup_path):
+                log = prediction_log_pb2.PredictionLog.FromString(record)
+                req = log.predict_log.request
+                sig = signatures[req.model_spec.signature_name or "serving_default"]
+                feed = {sig.inputs[k].name: tf.make_ndarray(v) for k, v in req.inputs.items()}
+                sess.run({k: v.name for k, v in sig.outputs.items()}, feed)
+                warmup += 1
+        else:
+            problems.append(f"no assets.extra/{WARMUP_FILE}")
+    report = {"signatures": sorted(signatures), "warmup_records": warmup, "problems": problems}
+    return report, arrays
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.publishing.gate", description=__doc__)
+    parser.add_argument("--saved-model", required=True)
+    parser.add_argument("--request", required=True, help="JSON: images (base64) and shapes")
+    parser.add_argument("--output", required=True, help="npz of every signature output")
+    args = parser.parse_args(argv)
+    request = json.loads(Path(args.request).read_text())
+    report, arrays = _child(args.saved_model, request)
+    np.savez(args.output, **arrays)
+    print(json.dumps(report))
+    return 0
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def run_gate(
+    saved_model: str | Path,
+    images: list[bytes],
+    expected_scores: np.ndarray,
+    expected_features: np.ndarray,
+    *,
+    top_k: int,
+    tolerance: float = 1e-5,
+    timeout: float = 600,
+) -> GateReport:
+    """Raise GateError unless the candidate loads TF1-style and matches the in-memory model."""
+    if not images:
+        raise GateError("no images to check the model with")
+    num_classes = int(expected_scores.shape[1])
+    request = {
+        "images": [base64.b64encode(i).decode("ascii") for i in images],
+        "num_classes": num_classes,
+        "top_k": min(top_k, num_classes),
+        "feature_dim": int(expected_features.shape[1]),
+    }
+    with tempfile.TemporaryDirectory(prefix="xfer-gate-") as tmp:
+        request_path = Path(tmp) / "request.json"
+        output_path = Path(tmp) / "outputs.npz"
+        request_path.write_text(json.dumps(request))
+        cmd = [
+            sys.executable,
+            "-m",
+            "export.publishing.gate",
+            "--saved-model",
+            str(saved_model),
+            "--request",
+            str(request_path),
+            "--output",
+            str(output_path),
+        ]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise GateError(f"loading and querying took longer than {timeout}s") from None
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise GateError(f"TF1-style load (as TF Serving does) failed:\n{tail}")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        if report["problems"]:
+            raise GateError("contract violated: " + "; ".join(report["problems"]))
+        with np.load(output_path) as outputs:
+            arrays = {k: outputs[k] for k in outputs.files}
+
+    diffs = {
+        "serving_default/scores": float(
+            np.max(np.abs(arrays["serving_default/scores"] - expected_scores))
+        ),
+        "classification/scores": float(
+            np.max(np.abs(arrays["classification/scores"] - expected_scores))
+        ),
+        "embedding/features": float(
+            np.max(np.abs(arrays["embedding/features"] - expected_features))
+        ),
+    }
+    for name, diff in diffs.items():
+        scale = 1.0 if "scores" in name else max(1.0, float(np.max(np.abs(expected_features))))
+        if not diff <= tolerance * scale:
+            raise GateError(
+                f"parity: {name} differs from the in-memory model by {diff:.3g} "
+                f"(tolerance {tolerance * scale:.3g})"
+            )
+    top1 = arrays["serving_default/classes"][:, 0]
+    if not np.array_equal(top1, np.argmax(arrays["serving_default/scores"], axis=1)):
+        raise GateError("serving_default: classes[:, 0] is not the argmax of scores")
+    return GateReport(report["signatures"], report["warmup_records"], diffs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The servable: preprocessing + backbone + head as one SavedModel with TF Serving signatures.
+
+Layout of a version directory (DESIGN.md, "Exported model"):
+  saved_model.pb, variables/       keras.export.ExportArchive (loads TF1-style, as TF Serving does)
+  assets/labels.txt                   one class name per line, index = class id
+  assets.extra/model_card.json        what was trained on what, and how well
+  assets.extra/tf_serving_warmup_requests   PredictionLog records of real validation images
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from export import fsutil
+from export.contract import (
+    CLASSIFICATION,
+    CLASSIFY_INPUT_KEY,
+    CLASSIFY_METHOD,
+    EMBEDDING,
+    ENCODED_FEATURE,
+    INPUT_KEY,
+    LABELS_FILE,
+    MODEL_CARD_FILE,
+    SERVING_DEFAULT,
+    WARMUP_FILE,
+)
+from export.model.preprocessing import Preprocessor
+
+
+def _endpoints(
+    classifier: keras.Model,
+    extractor: keras.Model,
+    preprocessor: Preprocessor,
+    labels: Sequence[str],
+    top_k: int,
+):
+    label_table = tf.constant(list(labels), tf.string)
+    k = min(top_k, len(labels))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    def serving_default(image_bytes):
+        scores = classifier(preprocessor.batch(image_bytes), training=False)
+        top = tf.math.top_k(scores, k=k)
+        return {
+            "scores": scores,
+            "classes": top.indices,
+            "labels": tf.gather(label_table, top.indices),
+            "top_scores": top.values,
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT_KEY)])
+    def classification(inputs):
+        parsed = tf.io.parse_example(
+            inputs, {ENCODED_FEATURE: tf.io.FixedLenFeature([], tf.string)}
+        )
+        scores = classifier(preprocessor.batch(parsed[ENCODED_FEATURE]), training=False)
+        classes = tf.broadcast_to(label_table, tf.shape(scores))
+        return {"classes": classes, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    def embedding(image_bytes):
+        return {"features": extractor(preprocessor.batch(image_bytes), training=False)}
+
+    return {SERVING_DEFAULT: serving_default, CLASSIFICATION: classification, EMBEDDING: embedding}
+
+
+def set_method_name(saved_model_dir: str | Path, signature: str, method_name: str) -> None:
+    """Keras/TF2 export marks every signature as Predict; TF Serving's Classify API needs this."""
+    path = Path(saved_model_dir) / "saved_model.pb"
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(path.read_bytes())
+    for meta_graph in proto.meta_graphs:
+        if signature in meta_graph.signature_def:
+            meta_graph.signature_def[signature].method_name = method_name
+    fsutil.atomic_write_bytes(path, proto.SerializeToString())
+
+
+def write_saved_model(
+    directory: str | Path,
+    classifier: keras.Model,
+    extractor: keras.Model,
+    preprocessor: Preprocessor,
+    labels: Sequence[str],
+    top_k: int = 5,
+) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(classifier)
+    for name, fn in _endpoints(classifier, extractor, preprocessor, labels, top_k).items():
+        archive.add_endpoint(name, fn)
+    archive.write_out(str(directory), verbose=False)
+    set_method_name(directory, CLASSIFICATION, CLASSIFY_METHOD)
+    fsutil.atomic_write_text(Path(directory) / "assets" / LABELS_FILE, "\n".join(labels) + "\n")
+
+
+def warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
+    """Serialized PredictionLog records: one batch of all images, and the first one alone."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    batches = [list(images)] + ([list(images[:1])] if len(images) > 1 else [])
+    records = []
+    for batch in batches:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT)
+        )
+        request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+        records.append(log.SerializeToString())
+    return records
+
+
+def write_warmup(directory: str | Path, model_name: str, images: Sequence[bytes]) -> None:
+    extra = Path(directory) / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    target = extra / WARMUP_FILE
+    tmp = extra / f".{WARMUP_FILE}.{os.getpid()}.tmp"
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for record in warmup_records(model_name, images):
+            writer.write(record)
+    os.replace(tmp, target)
+
+
+def write_model_card(directory: str | Path, card: dict) -> None:
+    fsutil.atomic_write_json(Path(directory) / "assets.extra" / MODEL_CARD_FILE, card)
+
+
+def read_labels(version_dir: str | Path) -> list[str]:
+    text = (Path(version_dir) / "assets" / LABELS_FILE).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line]

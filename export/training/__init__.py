@@ -1,0 +1,2 @@
+"""Head training on frozen features: the run config, the fit, evaluation and quality bar, run
+directories, fine-tuning, augmentation and stopping rules."""
