@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import ast
 import io
-from pathlib import Path
 
 import grpc
 import pytest
 import tensorflow as tf
+from importscan import other_stages_imported
 from PIL import Image
 
 from export import contract
@@ -17,26 +16,9 @@ from export.preprocessing import decode_image, error_reason
 from serving import inference, loader
 from serving.errors import from_tf_error, input_refused_reason
 
-SERVING = Path(loader.__file__).parent
-
-
-def other_stages_imported(package: Path, others: set[str]) -> list[str]:
-    """`file:line module` for every import (top-level or in a function) of one of `others`."""
-    found = []
-    for path in sorted(package.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in others]
-    return found
-
 
 def test_serving_imports_nothing_from_the_other_stages():
-    assert other_stages_imported(SERVING, {"export", "beam_jobs", "client"}) == []
+    assert other_stages_imported("serving", {"export", "beam_jobs", "client"}) == []
 
 
 def test_warmup_file_is_the_name_the_exporter_writes():
