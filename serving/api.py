@@ -66,15 +66,15 @@ class ServingApi:
 
     def predict_json(self, name, version, label, doc, entrypoint="REST"):
         """REST predict: JSON doc -> (outputs, row|columnar) using the signature's TensorInfos."""
-        from serving import json_tensor
+        from serving import json_request
 
         with self._call(name, "predict", entrypoint, version=version, label=label) as h:
-            signature = json_tensor.signature_name(doc)
+            signature = json_request.signature_name(doc)
             key = signature or inference.DEFAULT_SIGNATURE
             if key not in h.servable.signatures:
                 raise invalid(f'Serving signature name: "{key}" not found in signature def')
             infos = h.servable.signatures[key].inputs
-            inputs, form = json_tensor.predict_inputs(doc, infos)
+            inputs, form = json_request.predict_inputs(doc, infos)
             _, outputs = inference.predict_arrays(h.servable, signature, inputs, [], h.run)
             return outputs, form
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 # model_servers/http_server.cc ToHTTPStatusCode
@@ -59,13 +61,42 @@ def unavailable(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.UNAVAILABLE, message)
 
 
+# tf.debugging.Assert words its message differently in a graph ("assertion failed: [msg]") and
+# eagerly ("Summarized data: b'msg'"); the model's own assertion text is the reason shown.
+_ASSERTION = re.compile(
+    r"assertion failed: \[(?P<msg>.*?)\]|Summarized data: b(?P<q>['\"])(?P<eager>.*?)(?P=q)", re.S
+)
+
+
+def input_refused_reason(exc: BaseException) -> str:
+    """One line from a TensorFlow error on a client's input, without graph node noise.
+
+    The model's assertion message if it raised one; otherwise the error's last meaningful line,
+    as `not a decodable image: ...`. The exporter words its own decode errors the same way
+    (export/model/preprocessing.py error_reason); tests/serving feeds both the same errors.
+    """
+    text = getattr(exc, "message", None) or str(exc)
+    match = _ASSERTION.search(text)
+    if match:
+        return (match.group("msg") or match.group("eager")).strip()
+    text = re.sub(r"\s*\[\[\{\{node .*", "", text, flags=re.S)
+    text = re.sub(r"\s*\[Op:\w+\].*", "", text, flags=re.S)
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip()
+        and not line.startswith("  ")
+        and not line.startswith(("Graph execution error", "Detected at node"))
+    ]
+    return f"not a decodable image: {lines[-1] if lines else type(exc).__name__}"
+
+
 def from_tf_error(exc: Exception) -> ServingError:
     """A TensorFlow runtime error -> its status code; decode failures read as one line."""
     code_value = getattr(exc, "error_code", None)
     code = next((c for c in grpc.StatusCode if c.value[0] == code_value), grpc.StatusCode.UNKNOWN)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        from export.model.preprocessing import error_reason  # lazy: only when an input is refused
-
-        return ServingError(code, error_reason(exc))
+        return ServingError(code, input_refused_reason(exc))
     message = getattr(exc, "message", None) or str(exc)
     return ServingError(code, message.split("\n")[0])

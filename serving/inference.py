@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -19,10 +20,11 @@ from tensorflow_serving.apis import (
 
 from serving.errors import failed_precondition, invalid, unimplemented
 
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
+# TensorFlow's own signature_constants, as TF Serving uses them (not the exporter's names).
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+PREDICT_METHOD = tf.saved_model.PREDICT_METHOD_NAME
+CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
+REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
 
 Runner = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
 
@@ -92,8 +94,6 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
 
 
 def from_tensor_proto(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
-    import tensorflow as tf
-
     try:
         return tf.make_ndarray(proto)
     except Exception as exc:  # noqa: BLE001 - any malformed proto is the client's error

@@ -3,6 +3,9 @@
 `tf.compat.v1.saved_model.loader.load(sess, ["serve"], dir)` is what tensorflow_model_server's
 SavedModelBundle does; the signatures come from the MetaGraph's SignatureDef map (never from TF2
 concrete functions), so a model that works here works in TF Serving and vice versa.
+
+Nothing here is imported from export/: the tag is TensorFlow's own constant (TF Serving's
+kSavedModelTagServe), and the warmup file name is TF Serving's, repeated below.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import SERVE_TAG, WARMUP_FILE
-
 log = logging.getLogger(__name__)
 MAX_WARMUP_RECORDS = 1000  # saved_model_warmup_util.cc: kMaxNumRecords
+# saved_model_warmup_util.cc: kSavedModelWarmupRequestsFileName, under assets.extra/. The exporter
+# writes the same name (export/contract.py WARMUP_FILE); tests/serving keeps the two equal.
+WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 @dataclass
@@ -65,7 +69,9 @@ def load_servable(name: str, version: int, path: str | Path) -> Servable:
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
     try:
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], str(path))
+        meta_graph = tf.compat.v1.saved_model.loader.load(
+            session, [tf.saved_model.SERVING], str(path)
+        )
     except BaseException:
         session.close()
         raise

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from google.protobuf import json_format
 
-from serving import json_tensor
+from serving import json_request, json_response
 from serving.api import ServingApi
 from serving.errors import ServingError, from_tf_error, invalid
 from serving.metrics import CONTENT_TYPE
@@ -76,7 +76,11 @@ class RestApi:
             text = self._dispatch(method, path, body)
             return 200, "application/json", text.encode("utf-8")
         except ServingError as exc:
-            return exc.http_status, "application/json", json_tensor.error_json(exc.message).encode()
+            return (
+                exc.http_status,
+                "application/json",
+                json_response.error_json(exc.message).encode(),
+            )
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
             if hasattr(exc, "error_code"):
                 error = from_tf_error(exc)
@@ -88,7 +92,7 @@ class RestApi:
             return (
                 error.http_status,
                 "application/json",
-                json_tensor.error_json(error.message).encode(),
+                json_response.error_json(error.message).encode(),
             )
 
     def _dispatch(self, method: str, path: str, body: bytes) -> str:
@@ -99,11 +103,11 @@ class RestApi:
                 raise malformed
             name, version, label, verb = match.groups()
             name, version, label = _decode(name, version, label)
-            doc = json_tensor.parse_json(body)
+            doc = json_request.parse_json(body)
             verb = verb.lower()
             if verb == "predict":
                 outputs, form = self.api.predict_json(name, version, label, doc)
-                return json_tensor.predict_response(outputs, form)
+                return json_response.predict_response(outputs, form)
             return self._classify_or_regress(verb, name, version, label, doc)
         if method == "GET":
             match = MODEL_STATUS_API.fullmatch(path)
@@ -138,11 +142,11 @@ class RestApi:
         )
         request = cls()
         _fill_spec(request.model_spec, name, version, label)
-        request.model_spec.signature_name = json_tensor.signature_name(doc)
-        request.input.CopyFrom(json_tensor.classify_input(doc, verb))
+        request.model_spec.signature_name = json_request.signature_name(doc)
+        request.input.CopyFrom(json_request.classify_input(doc, verb))
         if verb == "classify":
-            return json_tensor.classify_response(self.api.classify(request, "REST").result)
-        return json_tensor.regress_response(self.api.regress(request, "REST").result)
+            return json_response.classify_response(self.api.classify(request, "REST").result)
+        return json_response.regress_response(self.api.regress(request, "REST").result)
 
 
 def _decode(name, version, label):

@@ -8,6 +8,7 @@ server with `file:line: reason`), load and warm up the aspired versions, then op
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -118,10 +119,18 @@ class ModelServer:
         self.manager.stop()
 
 
+def setup_logging(verbose: bool = False) -> None:
+    """Logs to stderr; TensorFlow's C++ logs from ERROR up, unless TF_CPP_MIN_LOG_LEVEL is set."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     flags = parse_flags(argv)
-    from export.cliargs import setup_logging
-
     setup_logging(flags.verbose)
     try:
         config = resolve(flags)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import random
 
 import pytest
+from importscan import other_stages_imported
 
 from client.batching import REQUEST_OVERHEAD, batches, fits_alone, request_bytes
 from client.inputs import iter_items
 from client.output import ResultWriter, done_uris, repair_torn_tail
 from client.retry import RetryPolicy, RpcError, call_with_retry
+
+
+def test_client_imports_nothing_from_the_other_stages():
+    assert other_stages_imported("client", {"export", "beam_jobs", "serving"}) == []
 
 
 def test_interface_names_match_the_export_contract():
