@@ -3,7 +3,7 @@
     python -m beam_jobs.predict --input IMAGES --model_dir models/NAME --output OUT [beam flags]
 
 The offline alternative to calling a server: the same SavedModel, raw bytes in, the scored-output
-schema of DESIGN.md out:
+schema of docs/architecture.md out:
   OUT/predictions-SSSSS-of-NNNNN.jsonl   {"uri", "labels", "scores", "model_version"}
                                          (top-k labels, best first, and their scores)
   OUT/errors-SSSSS-of-NNNNN.jsonl        {"uri", "error"}

@@ -7,7 +7,7 @@
 The model handler is Beam's `RemoteModelHandler` around the batch client's own request code
 (`client.scorer.Scorer`): requests bounded by image count and bytes, retries with backoff on
 UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, bisection of a batch the server refuses
-(INVALID_ARGUMENT) so that only the bad images fail. Output as xfer-score's (DESIGN.md):
+(INVALID_ARGUMENT) so that only the bad images fail. Output as xfer-score's (docs/architecture.md):
   OUT/predictions-SSSSS-of-NNNNN.jsonl   {"uri", "labels", "scores", "model_version"}
   OUT/errors-SSSSS-of-NNNNN.jsonl        {"uri", "error"}
 """

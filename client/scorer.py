@@ -97,7 +97,7 @@ class Summary:
 
 
 def row_for(item: Item, *, labels=None, scores=None, version=None, error=None) -> dict:
-    """One output row in the scored-output schema (DESIGN.md)."""
+    """One output row in the scored-output schema (docs/architecture.md)."""
     row: dict = {"uri": item.uri}
     if item.label is not None:
         row["label"] = item.label

@@ -1,4 +1,6 @@
-"""Names of the exported model's interface (DESIGN.md, "Exported model"): defined once, here.
+"""Names of the exported model's interface, defined once, here.
+
+The interface itself: docs/architecture.md, "Exported model".
 
 Importing this module is cheap (no TensorFlow), so the gate, the server and scripts can share it.
 """

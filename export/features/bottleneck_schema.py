@@ -1,4 +1,6 @@
-"""The bottleneck TFRecord format (DESIGN.md): written by the Beam job, read by the trainer.
+"""The bottleneck TFRecord format: written by the Beam job, read by the trainer.
+
+Described in docs/architecture.md, "Bottleneck TFRecords".
 
 One gzip-compressed tf.Example per image:
   image/uri (bytes), image/sha256 (bytes, hex), label (bytes), label_id (int64),

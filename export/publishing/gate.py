@@ -3,8 +3,9 @@
 `python -m export.publishing.gate --saved-model DIR --request REQ.json --output OUT.npz` runs
 in a new interpreter (no Keras objects, no TF2 caches from the exporter), loads the SavedModel with
 `tf.compat.v1.saved_model.loader.load(sess, ["serve"], dir)`, runs every signature through its
-SignatureDef tensor names, replays the warmup file, checks the contract of DESIGN.md and writes
-every output for the parent to compare with the in-memory model (`run_gate`).
+SignatureDef tensor names, replays the warmup file, checks the contract (docs/architecture.md,
+"Exported model") and writes every output for the parent to compare with the in-memory model
+(`run_gate`).
 """
 
 from __future__ import annotations

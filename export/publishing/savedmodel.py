@@ -1,6 +1,6 @@
 """The servable: preprocessing + backbone + head as one SavedModel with TF Serving signatures.
 
-Layout of a version directory (DESIGN.md, "Exported model"):
+Layout of a version directory (docs/architecture.md, "Exported model"):
   saved_model.pb, variables/       keras.export.ExportArchive (loads TF1-style, as TF Serving does)
   assets/labels.txt                   one class name per line, index = class id
   assets.extra/model_card.json        what was trained on what, and how well

@@ -151,7 +151,7 @@ def test_readers_stream_lists_and_tfrecords(tmp_path, good_images):
 
 
 def test_client_never_imports_the_model_code():
-    """DESIGN.md: the client is installed next to a serving cluster, without export/."""
+    """docs/architecture.md: the client is installed next to a serving cluster, without export/."""
     import subprocess
     import sys
 

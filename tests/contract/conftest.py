@@ -211,7 +211,7 @@ def two_versions(target, versions) -> list[int]:
         len(versions) >= 2,
         f"target serves only version(s) {versions} of {target.model!r}; these tests need two: "
         "start tensorflow/serving with --model_config_file giving "
-        "model_version_policy { specific { versions: 1 versions: 2 } } (docs-draft/contract.md)",
+        "model_version_policy { specific { versions: 1 versions: 2 } } (docs/serving.md)",
     )
     return [versions[0], versions[-1]]
 
@@ -236,7 +236,7 @@ def version_labels(target, stub, versions) -> dict[str, int]:
         bool(found),
         f"target has no version label 'stable' or 'canary' for {target.model!r}: start "
         "tensorflow/serving with --model_config_file holding version_labels, or pass "
-        "--version-labels label=version,... (docs-draft/contract.md)",
+        "--version-labels label=version,... (docs/serving.md)",
     )
     return found
 
