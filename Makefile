@@ -6,7 +6,7 @@ STAMP := $(VENV)/.xfer-installed
 TORCH_VERSION ?= 2.13.0
 TORCH_WHEELS ?= /opt/wheels
 
-# `make export` knobs (README: "Export a model version").
+# `make export` knobs (docs/export.md).
 DATA ?= demo-data/digits
 BOTTLENECKS ?=
 BACKBONE ?= mobilenet_v2
@@ -31,7 +31,7 @@ OUT ?= out/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test lint pytest k8s-check chromium demo export serve bottlenecks bench clean
+.PHONY: venv test test-fast lint docs pytest k8s-check chromium demo export serve bottlenecks bench clean
 
 venv: $(STAMP)
 
@@ -47,12 +47,23 @@ $(STAMP): setup.py
 		$(BIN)/python -m pip install --quiet -e '.[torch-parity]'; fi
 	touch $(STAMP)
 
+# ruff, and the dependency rules (pyproject.toml's import-linter contracts: stage boundaries,
+# export/'s layers, no import cycles).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+# The documentation site: strict, so a broken link, anchor or page missing from the nav fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d build/site
 
 pytest: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# For development: lint and the tests not marked slow (CI runs the full `make test`).
+test-fast: lint $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 # The HTML run report's test renders it in headless Chromium (Debian's package). Installed here
 # when missing and this is root on Debian; otherwise the test says how to install it (or set
@@ -68,7 +79,7 @@ chromium:
 
 # kubectl (with kustomize) is what k8s-check needs from the machine; without it the check is
 # skipped with a message, everything else still runs.
-test: lint pytest
+test: lint docs pytest
 	@if command -v kubectl >/dev/null 2>&1; then $(MAKE) --no-print-directory k8s-check; \
 	else echo "k8s-check skipped: kubectl not installed"; fi
 

