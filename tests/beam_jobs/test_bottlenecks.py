@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from testconfig import FAST_TRAINING, TINY
 
 from beam_jobs import bottlenecks
+from beam_jobs.bottleneck_output import publish
 from beam_jobs.common import report_metrics
 from export.backbones import BackboneConfig, build_feature_extractor
 from export.bottleneck_schema import decode_example
@@ -292,10 +293,10 @@ def test_publishing_again_after_a_retry_moves_nothing_twice(tmp_path):
     for i, shard in enumerate(shards):
         Path(shard).write_bytes(b"shard %d" % i)
     (out / "features-00005-of-00006.tfrecord.gz").write_bytes(b"stale")
-    first = bottlenecks.publish(None, shards, str(out))
-    assert bottlenecks.publish(None, shards, str(out)) == first  # a retried step
+    first = publish(None, shards, str(out))
+    assert publish(None, shards, str(out)) == first  # a retried step
     assert sorted(p.name for p in out.iterdir()) == [os.path.basename(s) for s in shards]
     assert (out / "features-00001-of-00002.tfrecord.gz").read_bytes() == b"shard 1"
     (out / "features-00000-of-00002.tfrecord.gz").unlink()
     with pytest.raises(OSError, match="neither staged nor published"):
-        bottlenecks.publish(None, shards, str(out))
+        publish(None, shards, str(out))
