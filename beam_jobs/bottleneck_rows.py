@@ -10,16 +10,18 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import tensorflow as tf
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.common import NAMESPACE
 from beam_jobs.inputs import ImageKey, error_row
-from export.backbones import BackboneConfig
+from export.augment import augment_copies
+from export.backbones import BackboneConfig, build_feature_extractor
 from export.bottleneck_schema import encode_example
 from export.features import FeatureModel, ImageError
-from export.preprocessing import DEFAULT_MAX_PIXELS
+from export.preprocessing import DEFAULT_MAX_PIXELS, EagerPreprocessor, Preprocessor
 
 # Keys of the per-bundle statistics that metadata.json is built from (summed over the job).
 COUNT = "count"  # (COUNT, split, label): images written
@@ -61,16 +63,11 @@ class BackboneModelHandler(ModelHandler[bytes, Any, FeatureModel]):
         self._redone = Metrics.counter(NAMESPACE, "batches_redone_per_image")
 
     def load_model(self) -> FeatureModel:
-        from export.backbones import build_feature_extractor
-        from export.preprocessing import Preprocessor
-
         return FeatureModel(
             build_feature_extractor(self.backbone), Preprocessor(self.backbone, self.max_pixels)
         )
 
     def run_inference(self, batch: Sequence[bytes], model: FeatureModel, inference_args=None):
-        from apache_beam.ml.inference.base import PredictionResult
-
         self._batches.inc()
         if self.pixels:
             features = model.features_of_pixels(np.stack(batch))
@@ -104,13 +101,9 @@ class AugmentCopies(beam.DoFn):
         self._preprocess = None
 
     def setup(self):
-        from export.preprocessing import EagerPreprocessor, Preprocessor
-
         self._preprocess = EagerPreprocessor(Preprocessor(self.backbone, self.max_pixels))
 
     def process(self, image: tuple[ImageKey, bytes]):
-        from export.augment import augment_copies
-
         key, data = image
         pixels, reason = self._preprocess(data)
         if reason is not None:
@@ -171,8 +164,6 @@ class EncodeRows(beam.DoFn):
 
 def parse_row(row: bytes):
     """(ImageKey, tf.train.Example) of a written row."""
-    import tensorflow as tf
-
     example = tf.train.Example.FromString(row)
     return key_of(example), example
 

@@ -43,7 +43,7 @@ from export.augment import AugmentConfig
 from export.backbones import BackboneConfig
 from export.bottleneck_schema import ERRORS_PREFIX, FEATURES_PREFIX, TFRECORD_SUFFIX
 from export.dataset import TRAIN, SplitConfig
-from export.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION
+from export.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION, Preprocessor
 
 # This module is the job: its flags, the pipeline's wiring and running it. The parts it wires:
 #   inputs.py             listing and reading the images (class folders or a list file)
@@ -289,8 +289,6 @@ def augmented_rows(images, config: BottleneckConfig):
 
 
 def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
-    from export.preprocessing import Preprocessor
-
     return {
         "backbone": config.backbone_config().to_dict(),
         "preprocessing": Preprocessor(config.backbone_config(), config.max_pixels).describe(),
