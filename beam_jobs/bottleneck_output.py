@@ -29,6 +29,65 @@ from export.bottleneck_schema import FEATURES_PREFIX, LABELS_FILE, METADATA_FILE
 log = logging.getLogger(__name__)
 
 
+# --------------------------------------------------------------------------------- pure functions
+
+
+def duplicate_report(sha256: str, copies) -> dict | None:
+    """The report on bytes found at several (uri, split)s: the copy kept (the smallest URI), the
+    copies dropped, and whether they span splits (train/test leakage). None if found once."""
+    copies = sorted(copies)
+    if len(copies) < 2:
+        return None
+    splits = sorted({split for _, split in copies})
+    return {
+        "sha256": sha256,
+        "kept": copies[0][0],
+        "dropped": [uri for uri, _ in copies[1:]],
+        "splits": splits,
+        "leakage": len(splits) > 1,
+    }
+
+
+def metadata_of(
+    shards: list[str],
+    error_files: list[str],
+    labels: list[str],
+    stats: list,
+    duplicates: list[dict],
+    info: dict,
+) -> dict:
+    """metadata.json's content: the job's `info`, and what the summed (stat, n) pairs, the
+    duplicate reports and the names of the published files say."""
+    table: dict[str, dict[str, int]] = {}
+    augmented, errors, dims = 0, 0, []
+    for stat, n in stats:
+        if stat[0] == COUNT and n:
+            table.setdefault(stat[1], {})[stat[2]] = n
+        elif stat[0] == COPIES:
+            augmented = n
+        elif stat[0] == ERRORS:
+            errors = n
+        elif stat[0] == DIM:
+            dims.append(stat[1])
+    return {
+        **info,
+        "labels": labels,
+        "num_classes": len(labels),
+        "counts": table,
+        "total": sum(n for split in table.values() for n in split.values()),
+        "augmented_copies": augmented,
+        "errors": errors,
+        "feature_dim": dims[0] if dims else None,
+        "duplicates": sorted(duplicates, key=lambda d: d["kept"]),
+        "leakage": [d for d in duplicates if d["leakage"]],
+        "shards": sorted(posixpath.basename(s) for s in shards),
+        "error_files": sorted(posixpath.basename(f) for f in error_files),
+    }
+
+
+# -------------------------------------------------------------------------------- steps and files
+
+
 class FindCopies(beam.DoFn):
     """Identical bytes seen more than once: keep the copy with the smallest URI, report the rest.
 
@@ -41,18 +100,11 @@ class FindCopies(beam.DoFn):
 
     def process(self, element):
         sha256, copies = element
-        copies = sorted(copies)
-        if len(copies) > 1:
-            self.dropped.inc(len(copies) - 1)
-            splits = sorted({split for _, split in copies})
-            yield {
-                "sha256": sha256,
-                "kept": copies[0][0],
-                "dropped": [uri for uri, _ in copies[1:]],
-                "splits": splits,
-                "leakage": len(splits) > 1,
-            }
-            for uri, _ in copies[1:]:
+        report = duplicate_report(sha256, copies)
+        if report is not None:
+            self.dropped.inc(len(report["dropped"]))
+            yield report
+            for uri in report["dropped"]:
                 yield beam.pvalue.TaggedOutput("dropped", (uri, sha256))
 
 
@@ -132,31 +184,7 @@ def write_sidecars(
 ) -> str:
     """labels.txt and metadata.json, once the shards were published and the error files
     written (their names are its side inputs); then the staging directory goes."""
-    table: dict[str, dict[str, int]] = {}
-    augmented, errors, dims = 0, 0, []
-    for stat, n in stats:
-        if stat[0] == COUNT and n:
-            table.setdefault(stat[1], {})[stat[2]] = n
-        elif stat[0] == COPIES:
-            augmented = n
-        elif stat[0] == ERRORS:
-            errors = n
-        elif stat[0] == DIM:
-            dims.append(stat[1])
-    metadata = {
-        **info,
-        "labels": labels,
-        "num_classes": len(labels),
-        "counts": table,
-        "total": sum(n for split in table.values() for n in split.values()),
-        "augmented_copies": augmented,
-        "errors": errors,
-        "feature_dim": dims[0] if dims else None,
-        "duplicates": sorted(duplicates, key=lambda d: d["kept"]),
-        "leakage": [d for d in duplicates if d["leakage"]],
-        "shards": sorted(posixpath.basename(s) for s in shards),
-        "error_files": sorted(posixpath.basename(f) for f in error_files),
-    }
+    metadata = metadata_of(shards, error_files, labels, stats, duplicates, info)
     write_atomically(FileSystems.join(output, LABELS_FILE), ("\n".join(labels) + "\n").encode())
     text = json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n"
     write_atomically(FileSystems.join(output, METADATA_FILE), text.encode())

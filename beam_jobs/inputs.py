@@ -28,6 +28,9 @@ from export.dataset import SplitConfig, parse_path, split_of
 LIST_SUFFIXES = (".csv", ".txt", ".tsv")
 
 
+# ------------------------------------------------------------------------------- what an input is
+
+
 class ImageKey(NamedTuple):
     """Travels with an image through RunInference (KeyedModelHandler) to its TFRecord row."""
 
@@ -44,6 +47,40 @@ def error_row(uri: str, reason: str) -> dict:
 
 def is_list_input(path: str) -> bool:
     return path.lower().endswith(LIST_SUFFIXES)
+
+
+def parse_list_line(line: str, base_dir: str) -> tuple[str, str, str | None] | None:
+    """`uri,label[,split]` (a header row `uri,label` is skipped); relative URIs are resolved
+    against the list file's directory."""
+    row = next(csv.reader([line]), [])
+    row = [c.strip() for c in row]
+    if not row or not row[0] or row[0].startswith("#") or row[0].lower() == "uri":
+        return None
+    uri = row[0]
+    if "://" not in uri and not uri.startswith("/"):
+        uri = FileSystems.join(base_dir, uri)
+    label = row[1] if len(row) > 1 else ""
+    split = row[2] if len(row) > 2 and row[2] else None
+    return uri, label, split
+
+
+class ClassFolderPaths:
+    """(split folder, class, relative path) of a matched file under a class-folder root."""
+
+    def __init__(self, root: str, explicit: bool):
+        self.root = root.rstrip("/")
+        self.explicit = explicit
+
+    def parse(self, uri: str):
+        under_root = uri[len(self.root) :].lstrip("/") if uri.startswith(self.root) else uri
+        return parse_path(under_root, self.explicit)
+
+    def label(self, metadata) -> str | None:
+        parsed = self.parse(metadata.path)
+        return parsed[1] if parsed else None
+
+
+# ---------------------------------------------------------------------------------------- reading
 
 
 def detect_layout(root: str) -> tuple[bool, bool]:
@@ -136,22 +173,6 @@ class ReadAhead(beam.DoFn):
         return outputs
 
 
-class ClassFolderPaths:
-    """(split folder, class, relative path) of a matched file under a class-folder root."""
-
-    def __init__(self, root: str, explicit: bool):
-        self.root = root.rstrip("/")
-        self.explicit = explicit
-
-    def parse(self, uri: str):
-        under_root = uri[len(self.root) :].lstrip("/") if uri.startswith(self.root) else uri
-        return parse_path(under_root, self.explicit)
-
-    def label(self, metadata) -> str | None:
-        parsed = self.parse(metadata.path)
-        return parsed[1] if parsed else None
-
-
 class ReadClassFolderFile(ReadAhead):
     """A ReadableFile (fileio.ReadMatches) under a class-folder root -> read_image's outputs."""
 
@@ -169,21 +190,6 @@ class ReadClassFolderFile(ReadAhead):
         split_dir, label, relative = parsed
         split = split_of(relative, split_dir, self.split, self.has_validation)
         return readable.open, uri, label, split
-
-
-def parse_list_line(line: str, base_dir: str) -> tuple[str, str, str | None] | None:
-    """`uri,label[,split]` (a header row `uri,label` is skipped); relative URIs are resolved
-    against the list file's directory."""
-    row = next(csv.reader([line]), [])
-    row = [c.strip() for c in row]
-    if not row or not row[0] or row[0].startswith("#") or row[0].lower() == "uri":
-        return None
-    uri = row[0]
-    if "://" not in uri and not uri.startswith("/"):
-        uri = FileSystems.join(base_dir, uri)
-    label = row[1] if len(row) > 1 else ""
-    split = row[2] if len(row) > 2 and row[2] else None
-    return uri, label, split
 
 
 class ReadListedFile(ReadAhead):
