@@ -31,7 +31,6 @@ from apache_beam.ml.inference.base import (
 )
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.bottlenecks import LIST_SUFFIXES, parse_list_line
 from beam_jobs.common import (
     NAMESPACE,
     failed_batch_rows,
@@ -39,6 +38,7 @@ from beam_jobs.common import (
     setup_logging,
     write_scored,
 )
+from beam_jobs.inputs import LIST_SUFFIXES, parse_list_line
 from export.contract import IMAGE_EXTENSIONS, INPUT_KEY, SERVING_DEFAULT
 
 log = logging.getLogger(__name__)

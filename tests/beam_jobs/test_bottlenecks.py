@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from testconfig import FAST_TRAINING, TINY
 
 from beam_jobs import bottlenecks
+from beam_jobs.bottleneck_output import duplicate_report, metadata_of, publish
 from beam_jobs.common import report_metrics
 from export.data.dataset import assign_split
 from export.features.bottleneck_schema import decode_example
@@ -293,10 +294,47 @@ def test_publishing_again_after_a_retry_moves_nothing_twice(tmp_path):
     for i, shard in enumerate(shards):
         Path(shard).write_bytes(b"shard %d" % i)
     (out / "features-00005-of-00006.tfrecord.gz").write_bytes(b"stale")
-    first = bottlenecks.publish(None, shards, str(out))
-    assert bottlenecks.publish(None, shards, str(out)) == first  # a retried step
+    first = publish(None, shards, str(out))
+    assert publish(None, shards, str(out)) == first  # a retried step
     assert sorted(p.name for p in out.iterdir()) == [os.path.basename(s) for s in shards]
     assert (out / "features-00001-of-00002.tfrecord.gz").read_bytes() == b"shard 1"
     (out / "features-00000-of-00002.tfrecord.gz").unlink()
     with pytest.raises(OSError, match="neither staged nor published"):
-        bottlenecks.publish(None, shards, str(out))
+        publish(None, shards, str(out))
+
+
+def test_duplicate_report_keeps_the_smallest_uri_and_flags_copies_across_splits():
+    assert duplicate_report("h", [("b.png", "train")]) is None
+    report = duplicate_report("h", [("c.png", "test"), ("a.png", "train"), ("b.png", "train")])
+    assert report == {
+        "sha256": "h",
+        "kept": "a.png",
+        "dropped": ["b.png", "c.png"],
+        "splits": ["test", "train"],
+        "leakage": True,
+    }
+    assert not duplicate_report("h", [("b", "train"), ("a", "train")])["leakage"]
+
+
+def test_metadata_sums_the_stats_a_removed_copy_cancelled():
+    stats = [
+        (("count", "train", "red"), 3),
+        (("count", "test", "red"), 0),  # a copy written, then dropped: no empty entry
+        (("copies",), 4),
+        (("errors",), 2),
+        (("dim", 32), 1),
+    ]
+    leak = {"kept": "a", "leakage": True}
+    meta = metadata_of(
+        ["s/features-1.gz", "s/features-0.gz"],
+        ["o/errors-0.jsonl"],
+        ["red"],
+        stats,
+        [{"kept": "b", "leakage": False}, leak],
+        {"backbone": "tiny"},
+    )
+    assert meta["counts"] == {"train": {"red": 3}} and meta["total"] == 3
+    assert (meta["augmented_copies"], meta["errors"], meta["feature_dim"]) == (4, 2, 32)
+    assert [d["kept"] for d in meta["duplicates"]] == ["a", "b"] and meta["leakage"] == [leak]
+    assert meta["shards"] == ["features-0.gz", "features-1.gz"]
+    assert meta["error_files"] == ["errors-0.jsonl"] and meta["backbone"] == "tiny"
