@@ -31,7 +31,7 @@ OUT ?= out/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test test-fast lint docs pytest k8s-check chromium demo export serve bottlenecks bench clean
+.PHONY: venv test test-fast lint docs pytest k8s-check k8s-pin-image chromium demo export serve bottlenecks bench clean
 
 venv: $(STAMP)
 
@@ -85,9 +85,13 @@ test: lint docs pytest
 
 # Offline validation of the deployment: both overlays rendered with kustomize, validated
 # strictly against Kubernetes $(K8S_VERSION) and by checkov; the Dockerfiles by hadolint.
+# checkov's CKV_K8S_43 (image by digest) is skipped by an annotation in the Deployment: the
+# overlays name a tag while they are developed, and `make k8s-pin-image` below pins the digest
+# at release.
 K8S_VERSION ?= 1.32.0
 K8S_TOOLS := .venv-k8s
 K8S_STAMP := $(K8S_TOOLS)/.installed
+K8S_DIR ?= serving/k8s
 RENDERED := build/k8s
 
 $(K8S_STAMP):
@@ -98,12 +102,29 @@ $(K8S_STAMP):
 
 k8s-check: $(K8S_STAMP) $(STAMP)
 	rm -rf $(RENDERED) && mkdir -p $(RENDERED)
-	kubectl kustomize serving/k8s/overlays/gpu > $(RENDERED)/gpu.yaml
-	kubectl kustomize serving/k8s/overlays/cpu > $(RENDERED)/cpu.yaml
+	kubectl kustomize $(K8S_DIR)/overlays/gpu > $(RENDERED)/gpu.yaml
+	kubectl kustomize $(K8S_DIR)/overlays/cpu > $(RENDERED)/cpu.yaml
 	$(K8S_TOOLS)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(RENDERED)/*.yaml
 	BC_SKIP_MAPPING=TRUE $(K8S_TOOLS)/bin/checkov --directory $(RENDERED) --framework kubernetes \
 		--skip-download --compact --quiet
 	$(BIN)/hadolint serving/Dockerfile beam_jobs/Dockerfile
+
+# Release: pin one overlay's serving image by digest (the GPU and CPU images differ), e.g.
+#   make k8s-pin-image OVERLAY=gpu IMAGE=tensorflow/serving:2.21.0-gpu@sha256:<digest>
+# (IMAGE may name your own registry's copy). The same as `kustomize edit set image
+# tensorflow/serving=$(IMAGE)` in the overlay, and runs exactly that when the kustomize CLI is
+# installed; kubectl embeds only kustomize's build, so otherwise serving/pin_image.py makes the
+# edit. Commit the result with the release. A reference without a digest is refused.
+OVERLAY ?=
+IMAGE ?=
+KUSTOMIZE ?= $(shell command -v kustomize 2>/dev/null)
+k8s-pin-image:
+	@test -n "$(OVERLAY)" || { echo "give OVERLAY=gpu or OVERLAY=cpu (their images differ)"; exit 2; }
+	@test -n "$(IMAGE)" || { echo "give IMAGE=NAME[:TAG]@sha256:<digest>"; exit 2; }
+	$(PYTHON) -m serving.pin_image --overlay $(K8S_DIR)/overlays/$(OVERLAY) \
+		$(if $(KUSTOMIZE),--kustomize $(KUSTOMIZE)) '$(IMAGE)'
+	@if command -v kubectl >/dev/null 2>&1; then kubectl kustomize $(K8S_DIR)/overlays/$(OVERLAY) | \
+		grep -E '^ +image: '; fi
 
 export: $(STAMP)
 	$(BIN)/xfer-export $(if $(BOTTLENECKS),--bottlenecks $(BOTTLENECKS),--data $(DATA) \
