@@ -25,7 +25,13 @@ from export.model.preprocessing import Preprocessor
 from export.plots import plot_curves
 from export.training.evaluation import evaluate_splits
 from export.training.runs import history_csv, library_versions
-from export.training.stopping import check_target, stop_record, training_callbacks
+from export.training.stopping import (
+    check_target,
+    kept_epoch,
+    log_kept,
+    stop_record,
+    training_callbacks,
+)
 
 log = logging.getLogger(__name__)
 CACHE_BYTES = 1 << 30  # decoded splits up to this size stay in memory; beyond, decode each epoch
@@ -204,6 +210,7 @@ def train_baseline(
         "param_count": int(model.count_params()),
         "feature_dim": int(config.filters[-1]),  # width of the layer before the softmax
         "epochs_run": len(next(iter(history.values()), [])),
+        "kept_epoch": kept_epoch(history, config.patience),
         "train_seconds": seconds,
         "stopped_at_accuracy": stop_record(history, config.stop_at_accuracy),
         "versions": library_versions(),
@@ -215,5 +222,6 @@ def train_baseline(
     # Saved without the augmentation layers: they are the identity at inference, and Keras
     # 3.15 cannot reload a RandomShear it saved (its x_factor round-trips as a negative range).
     inference_model(model).save(run_dir / "baseline.keras")
+    log_kept(metrics["kept_epoch"], "baseline")
     fsutil.atomic_write_json(run_dir / "metrics.json", metrics)
     return BaselineResult(model, source, metrics, run_dir)

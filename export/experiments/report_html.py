@@ -168,6 +168,7 @@ def _fine_tune_html(m: dict) -> str:
         ("fine-tuned from layer", tune.get("from")),
         ("layers trained", len(tune.get("trainable_layers", []))),
         ("epochs run", tune.get("epochs_run")),
+        ("epoch kept", _kept(tune.get("kept_epoch"))),
         ("learning rate", tune.get("learning_rate")),
         ("training seconds", _fmt(tune.get("train_seconds"), 1)),
     ]
@@ -178,6 +179,14 @@ def _fine_tune_html(m: dict) -> str:
             _table(None, [[k, v] for k, v in facts if v is not None], numeric_from=99),
         ]
     )
+
+
+def _kept(kept: dict | None) -> str | None:
+    """metrics.json's kept_epoch as one line: which epoch the model ends with, and why."""
+    if not kept:
+        return None
+    value = "" if kept.get("value") is None else f", {kept['monitor']} {_fmt(kept['value'])}"
+    return f"{kept['epoch']} of {kept['of']}{value}: {kept['reason']}"
 
 
 def _metrics_section(inputs: ReportInputs) -> str:
@@ -195,6 +204,7 @@ def _metrics_section(inputs: ReportInputs) -> str:
     out = [_table(["split", "images", "accuracy", "loss"], rows)]
     facts = [
         ("epochs run (head)", m.get("epochs_run")),
+        ("epoch kept (head)", _kept(m.get("kept_epoch"))),
         ("training seconds (head)", _fmt(m.get("train_seconds"), 1)),
         ("feature dimension", m.get("feature_dim")),
         ("data hash", m.get("data_hash")),

@@ -41,7 +41,7 @@ from export.training.augment import AugmentConfig, build_augmentation
 from export.training.config import TrainConfig
 from export.training.evaluation import evaluate_splits
 from export.training.runs import BACKBONE_WEIGHTS_FILE, HEAD_ONLY_FILE, history_csv
-from export.training.stopping import training_callbacks
+from export.training.stopping import kept_epoch, log_kept, training_callbacks
 
 log = logging.getLogger(__name__)
 HISTORY_FILE = "fine_tune_history.csv"
@@ -258,10 +258,12 @@ class FineTuner:
             "momentum": config.fine_tune_momentum,
             "augmentation": self.augment.to_dict(),
             "epochs_run": len(next(iter(history.values()), [])),
+            "kept_epoch": kept_epoch(history, config.patience),
             "train_seconds": seconds,
             "head_only_splits": head_splits,
             "history": history,
         }
+        log_kept(self.metrics["kept_epoch"], "fine-tuning")
         for split in SPLITS:
             before, after = head_splits[split]["accuracy"], splits[split]["accuracy"]
             if after is not None:

@@ -71,6 +71,72 @@ class StopAtAccuracy(keras.callbacks.Callback):
             )
 
 
+MIN_VALIDATION_PER_CLASS = 5  # below this, validation accuracy moves in coarse steps and ties
+
+
+def kept_epoch(history: dict, patience: int) -> dict:
+    """metrics.json's `kept_epoch`: which epoch's weights the model ends with, and why.
+
+    With validation data and patience > 0, Keras' EarlyStopping restores the weights of the first
+    epoch with the highest `val_accuracy` when training ends (a later epoch must *exceed* it to
+    count, so ties keep the earlier epoch); otherwise the last epoch's weights are kept.
+    """
+    epochs = len(next(iter(history.values()), []))
+    values = history.get("val_accuracy", [])
+    if not values or patience <= 0:
+        why = "no validation images" if not values else "early stopping is off (patience 0)"
+        return {"epoch": epochs, "of": epochs, "monitor": None, "value": None, "reason": why}
+    best = max(values)
+    epoch = values.index(best) + 1
+    if epoch == epochs:
+        reason = "the best val_accuracy was the last epoch's"
+    else:
+        tied = sum(1 for v in values[epoch:] if v == best)
+        reason = "early stopping restored the best val_accuracy: no later epoch exceeded it" + (
+            f" ({tied} later epochs tied it; ties keep the earlier epoch)" if tied else ""
+        )
+    return {
+        "epoch": epoch,
+        "of": epochs,
+        "monitor": "val_accuracy",
+        "value": best,
+        "reason": reason,
+    }
+
+
+def log_kept(kept: dict, what: str = "head") -> None:
+    if kept["monitor"] is None:
+        log.info("%s: kept epoch %d of %d (%s)", what, kept["epoch"], kept["of"], kept["reason"])
+    else:
+        log.info(
+            "%s: kept epoch %d of %d, %s %.4f: %s",
+            what,
+            kept["epoch"],
+            kept["of"],
+            kept["monitor"],
+            kept["value"],
+            kept["reason"],
+        )
+
+
+def warn_small_validation(per_class_count: dict[str, int]) -> list[str]:
+    """The classes with fewer than MIN_VALIDATION_PER_CLASS validation images, warned about: with
+    so few, early stopping and --stop-at-accuracy act on a coarse, noisy signal."""
+    small = sorted(c for c, n in per_class_count.items() if n < MIN_VALIDATION_PER_CLASS)
+    if small and sum(per_class_count.values()):
+        log.warning(
+            "the validation split has fewer than %d images in %d of %d classes (%s): early "
+            "stopping picks the kept epoch on a coarse signal; add images or raise "
+            "--validation-percent",
+            MIN_VALIDATION_PER_CLASS,
+            len(small),
+            len(per_class_count),
+            ", ".join(f"{c}: {per_class_count[c]}" for c in small[:10])
+            + (" ..." if len(small) > 10 else ""),
+        )
+    return small
+
+
 def stop_record(history: dict, target: float | None) -> dict | None:
     """metrics.json's `stopped_at_accuracy`, derived from the history the callback acted on:
     the first epoch (1-based) whose monitored accuracy reached the target; `epoch` is None when

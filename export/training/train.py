@@ -28,7 +28,14 @@ from export.training.evaluation import (
 )
 from export.training.finetune import FineTuner
 from export.training.runs import default_run_dir, history_csv, library_versions
-from export.training.stopping import check_target, stop_record, training_callbacks
+from export.training.stopping import (
+    check_target,
+    kept_epoch,
+    log_kept,
+    stop_record,
+    training_callbacks,
+    warn_small_validation,
+)
 
 log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 50_000  # a full shuffle for datasets up to this size, a window beyond
@@ -168,6 +175,9 @@ def train(config: TrainConfig, check_quality: bool = True) -> TrainResult:
     _check_classes(source.labels, per_class, where)
     head, history, seconds = fit_head(config, source, mean, variance)
     splits = evaluate_splits(head, source)
+    kept = kept_epoch(history, config.patience)
+    log_kept(kept)
+    warn_small_validation(splits[VALIDATION]["per_class_count"])
     if tuner:
         extractor, splits = tuner.run(run_dir, source, head, splits)
     metrics = {
@@ -181,6 +191,7 @@ def train(config: TrainConfig, check_quality: bool = True) -> TrainResult:
         "training_rows": sum(per_class.values()),  # with the Beam job's augmented copies
         "epochs_run": len(next(iter(history.values()), [])),
         "train_seconds": seconds,
+        "kept_epoch": kept,
         "stopped_at_accuracy": stop_record(history, config.stop_at_accuracy),
         "data_hash": content_hash(source.rows()),
         "versions": library_versions(),
