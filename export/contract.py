@@ -15,6 +15,9 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 SERVE_TAG = "serve"
 WARMUP_FILE = "tf_serving_warmup_requests"
+# Name scope of the decode step inside the exported graph: a server tells a refused image from
+# a model error by the failing node's name (serving/errors.py keeps a copy, checked equal).
+DECODE_SCOPE = "decode_images"
 MODEL_CARD_FILE = "model_card.json"
 LABELS_FILE = "labels.txt"
 # File name endings of the formats the preprocessing contract decodes.

@@ -68,17 +68,39 @@ _ASSERTION = re.compile(
 )
 
 
+# Same value as export/contract.py DECODE_SCOPE (a test keeps them equal): the exported graph
+# decodes images under this name scope.
+DECODE_SCOPE = "decode_images"
+# Where TensorFlow says which node failed: a TF1 session, a tf.function, an eager op.
+_NODE = re.compile(r"\{\{node ([^}]+)\}\}|Detected at node '?([\w/.-]+)|\[Op:(\w+)\]")
+
+
+def failing_node(text: str) -> str | None:
+    match = _NODE.search(text)
+    return next((g for g in match.groups() if g), None) if match else None
+
+
 def input_refused_reason(exc: BaseException) -> str:
     """One line from a TensorFlow error on a client's input, without graph node noise.
 
-    The model's assertion message if it raised one; otherwise the error's last meaningful line,
-    as `not a decodable image: ...`. The exporter words its own decode errors the same way
-    (export/model/preprocessing.py error_reason); tests/serving feeds both the same errors.
+    The model's assertion message if it raised one (the exporter's decode step words its refusals
+    so); a failure in a decode op (a DecodePng, or anything under DECODE_SCOPE) as
+    `not a decodable image: ...`, as the exporter words its own decode errors
+    (export/model/preprocessing.py error_reason; tests/serving feeds both the same errors);
+    anything else as what it is, the model's error on this input, naming the node.
     """
     text = getattr(exc, "message", None) or str(exc)
     match = _ASSERTION.search(text)
     if match:
         return (match.group("msg") or match.group("eager")).strip()
+    node = failing_node(text)
+    line = _last_line(text) or type(exc).__name__
+    if node is None or DECODE_SCOPE in node or "Decode" in node:
+        return f"not a decodable image: {line}"
+    return f"the model failed on this input: {line} (node {node})"
+
+
+def _last_line(text: str) -> str:
     text = re.sub(r"\s*\[\[\{\{node .*", "", text, flags=re.S)
     text = re.sub(r"\s*\[Op:\w+\].*", "", text, flags=re.S)
     text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
@@ -89,7 +111,7 @@ def input_refused_reason(exc: BaseException) -> str:
         and not line.startswith("  ")
         and not line.startswith(("Graph execution error", "Detected at node"))
     ]
-    return f"not a decodable image: {lines[-1] if lines else type(exc).__name__}"
+    return lines[-1] if lines else ""
 
 
 def from_tf_error(exc: Exception) -> ServingError:

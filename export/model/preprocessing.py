@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from export.contract import DECODE_SCOPE
 from export.model.backbones import BackboneConfig
 
 PREPROCESSING_VERSION = "1"
@@ -189,8 +190,10 @@ class Preprocessor:
         return tf.ensure_shape(tf.cast(normalised, tf.float32), [size, size, 3])
 
     def batch(self, contents: tf.Tensor) -> tf.Tensor:
-        """[N] strings -> [N, S, S, 3]; the form used inside the exported graph."""
-        return tf.map_fn(self, contents, fn_output_signature=self.output_spec)
+        """[N] strings -> [N, S, S, 3]; the form used inside the exported graph, under the
+        DECODE_SCOPE name scope so that a server can tell a refused image by the failing node."""
+        with tf.name_scope(DECODE_SCOPE):
+            return tf.map_fn(self, contents, fn_output_signature=self.output_spec)
 
     def describe(self) -> dict:
         spec = self.backbone.spec

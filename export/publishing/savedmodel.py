@@ -33,6 +33,22 @@ from export.contract import (
 from export.model.preprocessing import Preprocessor
 
 
+def _on_batch(model: keras.Model):
+    """`model(images)` that answers an empty batch with an empty [0, D] result: TensorFlow's CPU
+    kernels do not all accept a zero-size batch (a convolution then fails with "Incompatible
+    shapes: [32] vs. [0,224,224,3]"), and a request with no images is not an error."""
+    dim = int(model.output.shape[-1])
+
+    def call(images):
+        return tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: model(images, training=False),
+            lambda: tf.zeros([0, dim], tf.float32),
+        )
+
+    return call
+
+
 def _endpoints(
     classifier: keras.Model,
     extractor: keras.Model,
@@ -42,10 +58,11 @@ def _endpoints(
 ):
     label_table = tf.constant(list(labels), tf.string)
     k = min(top_k, len(labels))
+    classify, embed = _on_batch(classifier), _on_batch(extractor)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
     def serving_default(image_bytes):
-        scores = classifier(preprocessor.batch(image_bytes), training=False)
+        scores = classify(preprocessor.batch(image_bytes))
         top = tf.math.top_k(scores, k=k)
         return {
             "scores": scores,
@@ -59,13 +76,13 @@ def _endpoints(
         parsed = tf.io.parse_example(
             inputs, {ENCODED_FEATURE: tf.io.FixedLenFeature([], tf.string)}
         )
-        scores = classifier(preprocessor.batch(parsed[ENCODED_FEATURE]), training=False)
+        scores = classify(preprocessor.batch(parsed[ENCODED_FEATURE]))
         classes = tf.broadcast_to(label_table, tf.shape(scores))
         return {"classes": classes, "scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
     def embedding(image_bytes):
-        return {"features": extractor(preprocessor.batch(image_bytes), training=False)}
+        return {"features": embed(preprocessor.batch(image_bytes))}
 
     return {SERVING_DEFAULT: serving_default, CLASSIFICATION: classification, EMBEDDING: embedding}
 

@@ -161,6 +161,17 @@ def test_bad_image_is_invalid_argument_and_server_keeps_serving(stub, images):
     assert stub.Predict(predict_request([images["red"]]), timeout=30).model_spec.version.value == 2
 
 
+def test_an_empty_batch_is_answered_with_empty_outputs(stub):
+    """Zero images is a request with nothing to do, not "not a decodable image: Incompatible
+    shapes" (a zero-size batch used to reach a convolution kernel that refuses it)."""
+    for signature, output, width in (("", "scores", 3), ("embedding", "features", None)):
+        response = stub.Predict(predict_request([], signature=signature), timeout=30)
+        array = tf.make_ndarray(response.outputs[output])
+        assert array.shape[0] == 0 and (width is None or array.shape == (0, width))
+    labels = stub.Predict(predict_request([]), timeout=30).outputs["labels"]
+    assert tf.make_ndarray(labels).shape == (0, 3)
+
+
 def test_oversized_image_is_refused_from_its_header_and_server_keeps_serving(stub, images):
     png = images["green"]
     # A real PNG whose header claims 100000 x 100000 pixels: refused before any decoding.

@@ -13,7 +13,7 @@ from PIL import Image
 
 from export import contract
 from export.model.preprocessing import decode_image, error_reason
-from serving import inference, loader
+from serving import errors, inference, loader
 from serving.errors import from_tf_error, input_refused_reason
 
 
@@ -23,6 +23,10 @@ def test_serving_imports_nothing_from_the_other_stages():
 
 def test_warmup_file_is_the_name_the_exporter_writes():
     assert loader.WARMUP_FILE == contract.WARMUP_FILE
+
+
+def test_decode_scope_is_the_name_the_exporter_decodes_under():
+    assert errors.DECODE_SCOPE == contract.DECODE_SCOPE
 
 
 def test_tensorflow_constants_are_the_names_the_exporter_writes():
@@ -71,7 +75,7 @@ def tf_errors() -> list[Exception]:
         invalid(None, None, ""),
         invalid(None, None, "Invalid JPEG data\n\t [[{{node DecodeJpeg}}]]"),
         invalid(None, None, "{{function_node __inference_f_12}} bad input [Op:DecodePng] name:"),
-        invalid(None, None, "Graph execution error:\n\nDetected at node x\n  File a.py\nlast line"),
+        invalid(None, None, "Graph execution error:\n\nDetected at node decode_images/map/x\nlast"),
         ValueError("first\n\nsecond  "),
     ]
     return errors
@@ -90,3 +94,19 @@ def test_refused_input_reads_as_the_exporter_words_it(tf_errors):
     for exc in tf_errors[:-1]:
         assert from_tf_error(exc).code == grpc.StatusCode.INVALID_ARGUMENT
         assert from_tf_error(exc).message == error_reason(exc)
+
+
+def test_a_model_error_is_not_called_an_undecodable_image():
+    """INVALID_ARGUMENT from the model itself (here a reshape that cannot fit the input) says
+    what failed and where, not "not a decodable image"."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def model(x):
+        return tf.reshape(x, [-1, 3])
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        model(tf.zeros([4]))
+    reason = input_refused_reason(info.value)
+    assert reason.startswith("the model failed on this input: ")
+    assert "Reshape" in reason and "decodable" not in reason and "\n" not in reason
+    assert from_tf_error(info.value).code == grpc.StatusCode.INVALID_ARGUMENT
