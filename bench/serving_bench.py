@@ -6,6 +6,8 @@
   warm_first_vs_p50    latency of the first request to a newly loaded version (the median over
                        HOT_SWAPS versions published while the server runs) / steady p50 at
                        concurrency 1 (warmup works when this is near 1)
+  warm_first_filtered_vs_p50  the same for the request xfer-score sends (output_filter labels,
+                       top_scores: a new callable on a server unless warmup built it) / its p50
 Also: latency p50/p95/p99 at concurrency 1 and 8.
 """
 
@@ -32,6 +34,7 @@ MAX_BATCH = 16
 CONCURRENCY = 8  # the latency figures' concurrency
 THROUGHPUT_CLIENTS = 16  # enough single-image requests in flight to fill a batch
 HOT_SWAPS = 3
+SCORE_FILTER = ("labels", "top_scores")  # what xfer-score asks for (client/transport.py OUTPUTS)
 
 
 def free_port() -> int:
@@ -145,9 +148,10 @@ def served(port: int, payloads: list[bytes], base: Path) -> dict:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     tensors = [tf.make_tensor_proto([p]) for p in payloads]
 
-    def call(i: int, version: int | None = None) -> float:
+    def call(i: int, version: int | None = None, output_filter=()) -> float:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = MODEL
+        request.output_filter.extend(output_filter)
         if version is not None:
             request.model_spec.version.value = version
         request.inputs["image_bytes"].CopyFrom(tensors[i % len(tensors)])
@@ -157,27 +161,33 @@ def served(port: int, payloads: list[bytes], base: Path) -> dict:
 
     call(0)
     sequential = [call(i) for i in range(1, 201)]
+    filtered = [call(i, None, SCORE_FILTER) for i in range(1, 101)]
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         concurrent = list(pool.map(call, range(400)))
     with ThreadPoolExecutor(THROUGHPUT_CLIENTS) as pool:
         started = time.perf_counter()
         list(pool.map(call, range(len(payloads))))
         rate = len(payloads) / (time.perf_counter() - started)
-    firsts = []
-    for version in range(2, 2 + HOT_SWAPS):
-        # Publish a copy as the next version; the server loads and warms it up, then switches.
-        copy = base / f".tmp-export-bench-{version}"
-        shutil.copytree(base / "1", copy)
-        copy.rename(base / str(version))
-        wait_until_available(status, version)
-        firsts.append(call(version, version))
+    firsts: dict[tuple, list[float]] = {(): [], SCORE_FILTER: []}
+    version = 1
+    for output_filter in firsts:
+        for _ in range(HOT_SWAPS):
+            # Publish a copy as the next version; the server loads and warms it up, switches.
+            version += 1
+            copy = base / f".tmp-export-bench-{version}"
+            shutil.copytree(base / "1", copy)
+            copy.rename(base / str(version))
+            wait_until_available(status, version)
+            firsts[output_filter].append(call(version, version, output_filter))
     channel.close()
 
     def pct(values, q):
         return float(np.percentile(values, q) * 1000)
 
     return {
-        "first_ms": float(np.median(firsts)) * 1000,
+        "first_ms": float(np.median(firsts[()])) * 1000,
+        "first_filtered_ms": float(np.median(firsts[SCORE_FILTER])) * 1000,
+        "p50_filtered_ms": pct(filtered, 50),
         "c1": {q: pct(sequential, q) for q in (50, 95, 99)},
         "c8": {q: pct(concurrent, q) for q in (50, 95, 99)},
         "rate": rate,
@@ -205,12 +215,15 @@ def main() -> None:
         {
             "served_vs_inprocess": remote["rate"] / local_rate,
             "warm_first_vs_p50": remote["first_ms"] / remote["c1"][50],
+            "warm_first_filtered_vs_p50": remote["first_filtered_ms"] / remote["p50_filtered_ms"],
         },
         {
             "images": len(payloads),
             "inprocess_images_per_s": local_rate,
             "served_images_per_s": remote["rate"],
             "first_request_ms": remote["first_ms"],
+            "first_filtered_request_ms": remote["first_filtered_ms"],
+            "latency_ms_c1_filtered_p50": remote["p50_filtered_ms"],
             **{f"latency_ms_c1_p{q}": v for q, v in remote["c1"].items()},
             **{f"latency_ms_c{CONCURRENCY}_p{q}": v for q, v in remote["c8"].items()},
         },

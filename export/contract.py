@@ -18,6 +18,10 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 # Name scope of the decode step inside the exported graph: a server tells a refused image from
 # a model error by the failing node's name (serving/errors.py keeps a copy, checked equal).
 DECODE_SCOPE = "decode_images"
+# The outputs xfer-score asks serving_default for (client/transport.py OUTPUTS, checked equal): the
+# warmup file replays requests with this output filter too, since each new filter costs a server
+# a new callable (1-5 s) on its first request.
+CLIENT_OUTPUT_FILTER = ("labels", "top_scores")
 MODEL_CARD_FILE = "model_card.json"
 LABELS_FILE = "labels.txt"
 # File name endings of the formats the preprocessing contract decodes.

@@ -54,7 +54,8 @@ class GateReport:
 # ---------------------------------------------------------------- child process (TF1-style load)
 
 
-def _example(image: bytes) -> bytes:
+def example_bytes(image: bytes) -> bytes:
+    """A serialized tf.Example as the classification signature reads it: image/encoded."""
     import tensorflow as tf
 
     feature = {ENCODED_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
@@ -77,6 +78,28 @@ def _check_outputs(name: str, values: dict, n: int, expect: dict, problems: list
             problems.append(f"{name}/{output}: dtype {kind}, expected {dtype}")
         if value.shape != (n, widths[width]):
             problems.append(f"{name}/{output}: shape {value.shape}, expected {(n, widths[width])}")
+
+
+def _replay(sess, signatures: dict, log) -> None:
+    """One warmup record, run as a server runs it: a Predict with its output filter, or a
+    Classify of its tf.Examples."""
+    import tensorflow as tf
+
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        req = log.predict_log.request
+        sig = signatures[req.model_spec.signature_name or "serving_default"]
+        feed = {sig.inputs[k].name: tf.make_ndarray(v) for k, v in req.inputs.items()}
+        aliases = list(req.output_filter) or list(sig.outputs)
+    elif kind == "classify_log":
+        req = log.classify_log.request
+        sig = signatures[req.model_spec.signature_name]
+        examples = [e.SerializeToString() for e in req.input.example_list.examples]
+        feed = {next(iter(sig.inputs.values())).name: examples}
+        aliases = list(sig.outputs)
+    else:
+        raise ValueError(f"unexpected warmup log type {kind!r}")
+    sess.run({a: sig.outputs[a].name for a in aliases}, feed)
 
 
 def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]]:
@@ -102,7 +125,7 @@ def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]
             if input_key not in sig.inputs:
                 problems.append(f"{name}: no input {input_key!r} (has {sorted(sig.inputs)})")
                 continue
-            feed = [_example(i) for i in images] if name == CLASSIFICATION else images
+            feed = [example_bytes(i) for i in images] if name == CLASSIFICATION else images
             fetches = {k: v.name for k, v in sig.outputs.items()}
             values = sess.run(fetches, {sig.inputs[input_key].name: feed})
             if name in OUTPUTS:
@@ -117,11 +140,10 @@ def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]
             from tensorflow_serving.apis import prediction_log_pb2
 
             for record in tf.compat.v1.io.tf_record_iterator(warmup_path):
-                log = prediction_log_pb2.PredictionLog.FromString(record)
-                req = log.predict_log.request
-                sig = signatures[req.model_spec.signature_name or "serving_default"]
-                feed = {sig.inputs[k].name: tf.make_ndarray(v) for k, v in req.inputs.items()}
-                sess.run({k: v.name for k, v in sig.outputs.items()}, feed)
+                try:
+                    _replay(sess, signatures, prediction_log_pb2.PredictionLog.FromString(record))
+                except Exception as exc:  # noqa: BLE001 - a server would refuse the version too
+                    problems.append(f"warmup record {warmup + 1}: {type(exc).__name__}: {exc}")
                 warmup += 1
         else:
             problems.append(f"no assets.extra/{WARMUP_FILE}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from export import fsutil
@@ -22,6 +23,7 @@ from export.contract import (
     CLASSIFICATION,
     CLASSIFY_INPUT_KEY,
     CLASSIFY_METHOD,
+    CLIENT_OUTPUT_FILTER,
     EMBEDDING,
     ENCODED_FEATURE,
     INPUT_KEY,
@@ -31,6 +33,7 @@ from export.contract import (
     WARMUP_FILE,
 )
 from export.model.preprocessing import Preprocessor
+from export.publishing.gate import example_bytes
 
 
 def _on_batch(model: keras.Model):
@@ -116,21 +119,49 @@ def write_saved_model(
 
 
 def warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
-    """Serialized PredictionLog records: one batch of all images, and the first one alone."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    """Serialized PredictionLog records, for one batch of all images and for the first one alone:
+    every signature, and serving_default both whole and with the output filter xfer-score sends
+    (a server builds one callable per signature and filter; each is built here, at load)."""
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        input_pb2,
+        model_pb2,
+        predict_pb2,
+        prediction_log_pb2,
+    )
 
-    batches = [list(images)] + ([list(images[:1])] if len(images) > 1 else [])
-    records = []
-    for batch in batches:
+    def predict(batch, signature, output_filter=()):
         request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT)
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature),
+            output_filter=list(output_filter),
         )
         request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
-        log = prediction_log_pb2.PredictionLog(
+        return prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         )
-        records.append(log.SerializeToString())
-    return records
+
+    def classify(batch):
+        examples = input_pb2.ExampleList(
+            examples=[example_pb2.Example.FromString(example_bytes(i)) for i in batch]
+        )
+        request = classification_pb2.ClassificationRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=CLASSIFICATION),
+            input=input_pb2.Input(example_list=examples),
+        )
+        return prediction_log_pb2.PredictionLog(
+            classify_log=prediction_log_pb2.ClassifyLog(request=request)
+        )
+
+    batches = [list(images)] + ([list(images[:1])] if len(images) > 1 else [])
+    logs = []
+    for batch in batches:
+        logs += [
+            predict(batch, SERVING_DEFAULT),
+            predict(batch, SERVING_DEFAULT, CLIENT_OUTPUT_FILTER),
+            predict(batch, EMBEDDING),
+            classify(batch),
+        ]
+    return [log.SerializeToString() for log in logs]
 
 
 def write_warmup(directory: str | Path, model_name: str, images: Sequence[bytes]) -> None:

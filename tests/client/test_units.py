@@ -18,12 +18,14 @@ def test_client_imports_nothing_from_the_other_stages():
 
 
 def test_interface_names_match_the_export_contract():
-    from client import config
+    from client import config, transport
     from export import contract
 
     assert config.INPUT_KEY == contract.INPUT_KEY
     assert config.SERVING_DEFAULT == contract.SERVING_DEFAULT
     assert config.IMAGE_EXTENSIONS == contract.IMAGE_EXTENSIONS
+    # the exporter's warmup replays the output filter the client sends
+    assert tuple(transport.OUTPUTS) == contract.CLIENT_OUTPUT_FILTER
 
 
 def test_batches_respect_count_and_bytes_and_keep_order():

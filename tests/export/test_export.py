@@ -58,12 +58,28 @@ def test_warmup_file_parses_as_prediction_logs(exported):
         prediction_log_pb2.PredictionLog.FromString(r)
         for r in tf.compat.v1.io.tf_record_iterator(str(path))
     ]
-    assert len(logs) == 2
-    request = logs[0].predict_log.request
-    assert request.model_spec.name == "shapes"
-    assert request.model_spec.signature_name == "serving_default"
-    images = tf.make_ndarray(request.inputs["image_bytes"])
+    # Every signature, and serving_default also with xfer-score's output filter: a server builds
+    # one callable per (signature, filter), so each is built at load, not on a user's request.
+    kinds = [
+        (log.WhichOneof("log_type"), getattr(log, log.WhichOneof("log_type")).request)
+        for log in logs
+    ]
+    seen = {
+        (kind, r.model_spec.signature_name, tuple(getattr(r, "output_filter", ())))
+        for kind, r in kinds
+    }
+    assert seen == {
+        ("predict_log", "serving_default", ()),
+        ("predict_log", "serving_default", ("labels", "top_scores")),
+        ("predict_log", "embedding", ()),
+        ("classify_log", "classification", ()),
+    }
+    assert len(logs) == 8  # each for a batch of all warmup images, and for one image
+    assert all(r.model_spec.name == "shapes" for _, r in kinds)
+    images = tf.make_ndarray(logs[0].predict_log.request.inputs["image_bytes"])
     assert images.shape == (5,) and all(bytes(i)[:2] in (b"\xff\xd8", b"\x89P") for i in images)
+    examples = logs[3].classify_log.request.input.example_list.examples
+    assert len(examples) == 5 and examples[0].features.feature["image/encoded"].bytes_list.value
 
 
 def test_tf1_style_load_and_every_signature(exported):
@@ -107,7 +123,7 @@ def test_parity_measured_by_the_gate(exported):
     diffs = exported.gate.max_abs_diff
     assert diffs["serving_default/scores"] <= 1e-5
     assert diffs["classification/scores"] <= 1e-5
-    assert exported.gate.warmup_records == 2
+    assert exported.gate.warmup_records == 8
 
 
 def test_second_export_publishes_version_2_and_version_never_overwrites(
