@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -81,7 +80,9 @@ def publish(
                 f"{base / str(version)} already exists; versions are never "
                 "overwritten (omit --version to publish the next one)"
             )
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=base))
+    # The umask's mode (normally 0755), not mkdtemp's 0700: the renamed directory is the version,
+    # and TF Serving reads it as another user.
+    tmp = Path(fsutil.make_temp_dir(base, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
     try:
         number = version if version is not None else next_version(base)
         write(tmp, number)
