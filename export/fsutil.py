@@ -3,6 +3,9 @@
 Files and directories made here get the mode a plain `open()`/`mkdir()` gives (0666/0777 less
 the umask, so normally 0644/0755), not `tempfile`'s private 0600/0700: what is renamed into place
 is a published file that another user (TF Serving's uid 10001) must be able to read.
+
+Temporaries named `<prefix><pid>-…` are removed by `remove_dead_temporaries` once their writer's
+process is gone (a kill -9 leaves them behind).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 _ATTEMPTS = 100
@@ -50,6 +54,48 @@ def make_temp_dir(directory: str | os.PathLike, prefix: str = "") -> str:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name {prefix}* in {directory}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(
+    directory: str | os.PathLike, prefix: str, *, only_mine: bool = False
+) -> list[Path]:
+    """Delete `<directory>/<prefix><pid>-*` left by a process that is gone (killed mid-write).
+
+    The name carries its writer's pid; a temporary of a live process, or of this one, is kept.
+    `only_mine` keeps other users' entries (for shared directories such as /tmp).
+    """
+    removed: list[Path] = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        try:
+            pid = int(path.name[len(prefix) :].split("-")[0])
+            if only_mine and path.lstat().st_uid != os.geteuid():
+                continue
+        except (ValueError, OSError):
+            continue
+        if pid != os.getpid() and not pid_alive(pid):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            if not os.path.lexists(path):
+                removed.append(path)
+    return removed
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
