@@ -107,9 +107,13 @@ def unreadable_path(path: str | Path) -> Path | None:
         for entry in entries:
             try:
                 if entry.is_dir():
-                    pending.append(entry.path)
+                    if not entry.is_symlink():
+                        pending.append(entry.path)
+                    elif not _can(entry.path, os.R_OK | os.X_OK):  # not followed: no loops
+                        return Path(entry.path)
                     continue
-                os.close(os.open(entry.path, os.O_RDONLY))
+                # Non-blocking, so that a FIFO among the files cannot hang the server.
+                os.close(os.open(entry.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
             except PermissionError:
                 return Path(entry.path)
             except OSError:
