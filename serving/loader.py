@@ -80,6 +80,56 @@ def load_servable(name: str, version: int, path: str | Path) -> Servable:
     return Servable(name, version, Path(path), session, signatures)
 
 
+def _can(path: str, mode: int) -> bool:
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
+def unreadable_path(path: str | Path) -> Path | None:
+    """The first directory or file of a version this process may not read, or None.
+
+    TensorFlow words an unreadable version as a missing one ("SavedModel file does not exist" for a
+    0700 directory of another user, "not a valid checkpoint" for an unreadable variables/), so a
+    failed load is checked with this to say what is wrong.
+    """
+    pending = [str(path)]
+    while pending:
+        directory = pending.pop()
+        if not _can(directory, os.R_OK | os.X_OK):
+            return Path(directory)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except PermissionError:
+            return Path(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        pending.append(entry.path)
+                    elif not _can(entry.path, os.R_OK | os.X_OK):  # not followed: no loops
+                        return Path(entry.path)
+                    continue
+                # Non-blocking, so that a FIFO among the files cannot hang the server.
+                os.close(os.open(entry.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+            except PermissionError:
+                return Path(entry.path)
+            except OSError:
+                continue  # gone, a dangling link...: not a permission problem
+    return None
+
+
+def permission_message(path: Path, error: str) -> str:
+    """What a load failure reports when a file of the version cannot be read."""
+    return (
+        f"permission denied: {path} is not readable by the server's user "
+        f"(uid {os.geteuid()}, gid {os.getegid()}); make the version readable by it "
+        f"(e.g. directories 0755, files 0644). TensorFlow said: {error}"
+    )
+
+
 def warmup_file(path: str | Path) -> Path | None:
     candidate = Path(path) / "assets.extra" / WARMUP_FILE
     return candidate if candidate.is_file() else None

@@ -22,7 +22,14 @@ from serving import inference
 from serving.batching import Batcher
 from serving.config import BatchingOptions, ModelConfig
 from serving.errors import ServingError, failed_precondition, invalid, not_found
-from serving.loader import Servable, load_servable, read_warmup_records, version_fingerprint
+from serving.loader import (
+    Servable,
+    load_servable,
+    permission_message,
+    read_warmup_records,
+    unreadable_path,
+    version_fingerprint,
+)
 from serving.metrics import Metrics
 from serving.versions import aspired_versions, version_dirs
 
@@ -206,6 +213,12 @@ class ModelManager:
             code, message = _load_error(exc)
             if isinstance(exc, ServingError):
                 code, message = exc.code, f"warmup failed: {exc.message}"
+            denied = unreadable_path(path)
+            if denied is not None:
+                code, message = (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    permission_message(denied, message),
+                )
             log.error("%s version %d failed to load: %s", name, version, message)
             model.failed[version] = fingerprint
             self._set(model, version, "END", code, message)

@@ -10,10 +10,11 @@ lifts EfficientNet-Lite0 features from ~94% to ~97% accuracy on the digits.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from export import fsutil
 
 
 def render_digit(scan: np.ndarray, size: int = 224, margin: float = 0.15):
@@ -35,7 +36,7 @@ def write_digits(out: str | Path, size: int = 224) -> Path:
         return out
     digits = load_digits()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = Path(fsutil.make_temp_dir(out.parent, prefix=f".{out.name}-"))
     try:
         for index, (image, target) in enumerate(zip(digits.images, digits.target)):
             folder = tmp / str(target)

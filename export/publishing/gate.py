@@ -6,22 +6,31 @@ in a new interpreter (no Keras objects, no TF2 caches from the exporter), loads 
 SignatureDef tensor names, replays the warmup file, checks the contract (docs/architecture.md,
 "Exported model") and writes every output for the parent to compare with the in-memory model
 (`run_gate`).
+
+The child dies with the exporter that started it (Linux: `PR_SET_PDEATHSIG`; elsewhere it polls
+its parent pid), and the scratch directory `<tmp>/xfer-gate-<pid>-…` a killed exporter leaves is
+removed by the next gate run once that pid is gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from export import fsutil
 from export.contract import (
     CLASSIFICATION,
     ENCODED_FEATURE,
@@ -31,6 +40,10 @@ from export.contract import (
     SERVE_TAG,
     WARMUP_FILE,
 )
+
+TMP_PREFIX = "xfer-gate-"  # <tempdir>/xfer-gate-<exporter pid>-<random>/
+PARENT_PID_ENV = "XFER_GATE_PARENT_PID"  # set by run_gate: the child exits when this pid is gone
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class GateError(RuntimeError):
@@ -151,7 +164,37 @@ def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]
     return report, arrays
 
 
+def _die_with_parent() -> None:
+    """Exit as soon as the exporter that started this child is gone (kill -9 included).
+
+    Otherwise an exporter killed during its gate leaves the child loading and querying the model
+    for seconds to minutes, an orphan nobody waits for.
+    """
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected or not expected.isdigit():
+        return  # run by hand, not by run_gate
+    parent = int(expected)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != parent:  # the parent died before the signal was armed
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gate-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m export.publishing.gate", description=__doc__)
     parser.add_argument("--saved-model", required=True)
     parser.add_argument("--request", required=True, help="JSON: images (base64) and shapes")
@@ -187,7 +230,9 @@ def run_gate(
         "top_k": min(top_k, num_classes),
         "feature_dim": int(expected_features.shape[1]),
     }
-    with tempfile.TemporaryDirectory(prefix="xfer-gate-") as tmp:
+    # Scratch directories of exporters killed during their gate (kill -9 runs no clean-up).
+    fsutil.remove_dead_temporaries(tempfile.gettempdir(), TMP_PREFIX, only_mine=True)
+    with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-") as tmp:
         request_path = Path(tmp) / "request.json"
         output_path = Path(tmp) / "outputs.npz"
         request_path.write_text(json.dumps(request))
@@ -202,7 +247,7 @@ def run_gate(
             "--output",
             str(output_path),
         ]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **{PARENT_PID_ENV: str(os.getpid())})
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,33 +27,11 @@ class VersionExistsError(FileExistsError):
     pass
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(base: str | Path) -> list[Path]:
     """Delete temporaries left by exports that died (their pid is gone)."""
-    removed = []
-    base = Path(base)
-    if not base.is_dir():
-        return removed
-    for path in base.iterdir():
-        if not path.name.startswith(TMP_PREFIX):
-            continue
-        try:
-            pid = int(path.name[len(TMP_PREFIX) :].split("-")[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-            log.info("removed %s left by an interrupted export", path)
+    removed = fsutil.remove_dead_temporaries(base, TMP_PREFIX)
+    for path in removed:
+        log.info("removed %s left by an interrupted export", path)
     return removed
 
 
@@ -81,7 +58,9 @@ def publish(
                 f"{base / str(version)} already exists; versions are never "
                 "overwritten (omit --version to publish the next one)"
             )
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=base))
+    # The umask's mode (normally 0755), not mkdtemp's 0700: the renamed directory is the version,
+    # and TF Serving reads it as another user.
+    tmp = Path(fsutil.make_temp_dir(base, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
     try:
         number = version if version is not None else next_version(base)
         write(tmp, number)
