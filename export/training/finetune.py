@@ -21,8 +21,10 @@ Batch normalisation stays in inference mode in two ways, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -228,7 +230,8 @@ class FineTuner:
             config.fine_tune_learning_rate,
         )
         started = time.perf_counter()
-        with warnings.catch_warnings():
+        # Keras prints its epoch lines on stdout, which is for results.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             # Skipping undecodable files leaves the epoch length unknown until the first epoch
             # ends; Keras then warns that the input "ran out of data", which is expected here.
             warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -118,14 +120,15 @@ def fit_head(config: TrainConfig, source, mean, variance):
         )
     callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
     started = time.perf_counter()
-    history = head.fit(
-        train_ds,
-        validation_data=validation if has_validation else None,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # train_ds is shuffled above, with the seed
-        verbose=2 if config.progress else 0,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints its epoch lines on stdout
+        history = head.fit(
+            train_ds,
+            validation_data=validation if has_validation else None,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # train_ds is shuffled above, with the seed
+            verbose=2 if config.progress else 0,
+        )
     return head, history.history, time.perf_counter() - started
 
 
