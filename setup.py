@@ -69,7 +69,7 @@ setup(
             "xfer-backbones=export.cli.backbones:main",
             "xfer-sample-data=export.cli.sample_data:main",
             "xfer-split-list=export.cli.split_list:main",
-            "xfer-serve=serving.server:main",
+            "xfer-serve=serving.cli:main",
             "xfer-serving-configs=serving.deploy_configs:main",
             "xfer-score=client.cli:main",
             "xfer-evaluate=client.evaluate:main",
