@@ -300,3 +300,16 @@ def test_publishing_again_after_a_retry_moves_nothing_twice(tmp_path):
     (out / "features-00000-of-00002.tfrecord.gz").unlink()
     with pytest.raises(OSError, match="neither staged nor published"):
         bottlenecks.publish(None, shards, str(out))
+
+
+def test_the_flags_build_the_configs_with_their_own_defaults():
+    """beam_jobs/flags.py (read by --help) and the jobs' configs agree on names and defaults."""
+    import dataclasses
+
+    from beam_jobs import predict
+    from beam_jobs.flags import BottleneckFlags, PredictFlags
+
+    flags = dataclasses.asdict(BottleneckFlags(input="i", output="o"))
+    assert bottlenecks.BottleneckConfig(**flags) == bottlenecks.BottleneckConfig("i", "o")
+    flags = dataclasses.asdict(PredictFlags(input="i", model_dir="m", output="o"))
+    assert predict.PredictConfig(**flags) == predict.PredictConfig("i", "m", "o")
