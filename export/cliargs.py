@@ -4,8 +4,8 @@ each field's `metadata["help"]` its help text.
 tyro accepts both spellings of every flag (`--model-base-path` and `--model_base_path`): TF
 Serving and Beam users type underscores, everybody else dashes. `--help` needs no TensorFlow:
 the configs live in TensorFlow-free modules and each main() imports the heavy modules after
-parsing. The same few lines exist in serving/, client/ and beam_jobs/ (stages import nothing
-from each other).
+parsing. The same few lines exist in serving/config.py and client/cliargs.py (those stages
+import nothing from export/); the Beam jobs use these (beam_jobs/flags.py).
 """
 
 from __future__ import annotations
