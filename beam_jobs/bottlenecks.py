@@ -15,7 +15,6 @@ Output directory OUT (local or any Beam filesystem, e.g. gs://):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -38,6 +37,7 @@ from beam_jobs.bottleneck_rows import (
     parse_row,
 )
 from beam_jobs.common import failed_batch_rows, run_pipeline, setup_logging
+from beam_jobs.flags import parse_bottleneck_flags
 from beam_jobs.inputs import read_dataset
 from beam_jobs.tfrecord_sink import GzipTFRecordSink
 from export.data.dataset import TRAIN, SplitConfig
@@ -93,66 +93,10 @@ class BottleneckConfig:
         return SplitConfig(self.validation_percent, self.test_percent)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xfer-bottlenecks",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    defaults = BottleneckConfig(input="", output="")
-    parser.add_argument(
-        "--input", required=True, help="class-folder root, or a CSV/text list of uri,label[,split]"
-    )
-    parser.add_argument("--output", required=True, help="output directory (prefix)")
-    parser.add_argument("--backbone", default=defaults.backbone)
-    parser.add_argument("--weights", default=defaults.weights)
-    parser.add_argument("--image_size", "--image-size", type=int, default=None)
-    parser.add_argument("--feature_layer", "--feature-layer", default=None)
-    parser.add_argument("--alpha", type=float, default=defaults.alpha)
-    parser.add_argument("--num_shards", "--num-shards", type=int, default=defaults.num_shards)
-    parser.add_argument(
-        "--validation_percent",
-        "--validation-percent",
-        type=float,
-        default=defaults.validation_percent,
-    )
-    parser.add_argument(
-        "--test_percent", "--test-percent", type=float, default=defaults.test_percent
-    )
-    parser.add_argument("--max_pixels", "--max-pixels", type=int, default=defaults.max_pixels)
-    parser.add_argument(
-        "--min_batch_size", "--min-batch-size", type=int, default=defaults.min_batch_size
-    )
-    parser.add_argument(
-        "--max_batch_size", "--max-batch-size", type=int, default=defaults.max_batch_size
-    )
-    parser.add_argument(
-        "--augment_copies",
-        "--augment-copies",
-        type=int,
-        default=0,
-        help="write K augmented feature copies of each training image (validation and test "
-        "images are never augmented); the transforms are xfer-train's --augment-* flags",
-    )
-    for name in ("rotation", "shift", "shear", "zoom"):
-        parser.add_argument(
-            f"--augment_{name}",
-            f"--augment-{name}",
-            type=float,
-            default=getattr(AugmentConfig, name),
-        )
-    parser.add_argument(
-        "--augment_flip",
-        "--augment-flip",
-        action=argparse.BooleanOptionalAction,
-        default=AugmentConfig.flip,
-    )
-    return parser
-
-
 def parse_args(argv: Sequence[str] | None) -> tuple[BottleneckConfig, list[str]]:
-    known, rest = build_parser().parse_known_args(argv)
-    return BottleneckConfig(**vars(known)), rest
+    """Our flags (beam_jobs/flags.py) and the pipeline's."""
+    flags, rest = parse_bottleneck_flags(argv, __doc__)
+    return BottleneckConfig(**dataclasses.asdict(flags)), rest
 
 
 # --------------------------------------------------------------------------------------- pipeline

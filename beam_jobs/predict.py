@@ -11,7 +11,6 @@ schema of docs/architecture.md out:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -38,6 +37,7 @@ from beam_jobs.common import (
     setup_logging,
     write_scored,
 )
+from beam_jobs.flags import parse_predict_flags
 from beam_jobs.inputs import LIST_SUFFIXES, parse_list_line
 from export.contract import IMAGE_EXTENSIONS, INPUT_KEY, SERVING_DEFAULT
 
@@ -56,27 +56,9 @@ class PredictConfig:
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[PredictConfig, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="xfer-beam-predict",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--input", required=True, help="a directory (recursive), a glob, or a CSV/text list of URIs"
-    )
-    parser.add_argument(
-        "--model_dir",
-        "--model-dir",
-        required=True,
-        help="model base path (highest version unless --version) or a version",
-    )
-    parser.add_argument("--output", required=True, help="output directory (prefix)")
-    parser.add_argument("--version", type=int, default=None)
-    parser.add_argument("--top_k", "--top-k", type=int, default=5)
-    parser.add_argument("--min_batch_size", "--min-batch-size", type=int, default=8)
-    parser.add_argument("--max_batch_size", "--max-batch-size", type=int, default=64)
-    known, rest = parser.parse_known_args(argv)
-    return PredictConfig(**vars(known)), rest
+    """Our flags (beam_jobs/flags.py) and the pipeline's."""
+    flags, rest = parse_predict_flags(argv, __doc__)
+    return PredictConfig(**dataclasses.asdict(flags)), rest
 
 
 def resolve_version_dir(model_dir: str, version: int | None) -> str:

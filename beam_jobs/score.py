@@ -14,7 +14,7 @@ UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, bisection of a batch the s
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import math
 import sys
@@ -38,6 +38,7 @@ from beam_jobs.common import (
     setup_logging,
     write_scored,
 )
+from beam_jobs.flags import parse_score_flags
 from beam_jobs.predict import read_images
 from client.batching import fits_alone, request_bytes
 from client.config import ScoreConfig
@@ -157,29 +158,16 @@ def build_pipeline(p: beam.Pipeline, source: str, output: str, config: ScoreConf
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[str, str, ScoreConfig, list[str]]:
-    """--input and --output here; the client's flags (xfer-score's) by the client's own parser;
+    """--input and --output, the client's flags (xfer-score's), both from beam_jobs/flags.py;
     everything else goes to Beam."""
-    from client.cli import build_parser, config_from_args
-
-    ours = argparse.ArgumentParser(
-        prog="xfer-beam-score",
-        description=__doc__,
-        add_help=True,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ours.add_argument(
-        "--input", required=True, help="a directory (recursive), a glob, or a CSV/text list of URIs"
-    )
-    ours.add_argument("--output", required=True, help="output directory (prefix)")
-    known, rest = ours.parse_known_args(argv)
-    client_parser = build_parser()
-    client_parser.allow_abbrev = False  # never mistake a Beam flag for a client flag prefix
-    client_args, beam_args = client_parser.parse_known_args(["-", *rest])
-    client_args.inputs = [known.input]
-    config = config_from_args(client_args)
+    flags, beam_args = parse_score_flags(argv, __doc__)
+    values = dataclasses.asdict(flags)
+    source, output = values.pop("input"), values.pop("output")
+    config = ScoreConfig(inputs=[source], **values)
     if not config.target or not config.model_name:
-        ours.error("--target and --model-name are required")
-    return known.input, known.output, config, beam_args
+        print("xfer-beam-score: error: --target and --model_name are required", file=sys.stderr)
+        raise SystemExit(2)
+    return source, output, config, beam_args
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):

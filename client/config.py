@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
+
+import tyro
 
 # Same values as export/contract.py (INPUT_KEY, SERVING_DEFAULT); a test keeps them equal.
 INPUT_KEY = "image_bytes"
@@ -26,21 +29,19 @@ def opt(default, help: str, **metadata):  # noqa: A002 - mirrors argparse
 class ScoreConfig:
     """Everything one scoring run needs; `xfer-score --help` prints the same fields."""
 
-    inputs: list[str] = opt(
-        [], "directories, globs, URI lists (.txt/.csv) or TFRecords", positional=True
+    inputs: tyro.conf.Positional[list[str]] = opt(
+        [], "directories, globs, URI lists (.txt/.csv) or TFRecords (at least one)"
     )
-    target: list[str] = opt(
-        [],
-        "HOST:PORT of a server (repeat for several; a dns:/// name is round-robin balanced)",
-        append=True,
+    target: tyro.conf.UseAppendAction[list[str]] = opt(
+        [], "required: HOST:PORT of a server (repeat for several; dns:/// names are balanced)"
     )
-    model_name: str = opt("", "model name on the server")
-    output: str = opt("", "output file, appended to (JSONL, or CSV with --format csv / .csv)")
-    format: str = opt(
-        "", "jsonl or csv (default: from the output's suffix)", choices=["", "jsonl", "csv"]
+    model_name: str = opt("", "required: the model name on the server")
+    output: str = opt("", "required: output file, appended to (JSONL, or CSV: --format csv, .csv)")
+    format: Literal["", "jsonl", "csv"] = opt(
+        "", "jsonl or csv; '' takes it from the output's suffix"
     )
-    protocol: str = opt(
-        "grpc", "grpc, or rest (b64 JSON) for HTTP-only ingress", choices=["grpc", "rest"]
+    protocol: Literal["grpc", "rest"] = opt(
+        "grpc", "grpc, or rest (b64 JSON) for HTTP-only ingress"
     )
     version: int | None = opt(None, "pin a model version")
     version_label: str | None = opt(None, "pin a version label (e.g. stable)")
@@ -60,8 +61,8 @@ class ScoreConfig:
     client_cert: str | None = opt(None, "PEM client certificate for mutual TLS")
     client_key: str | None = opt(None, "PEM private key of --client-cert")
     tls_server_name: str | None = opt(None, "expected server name in its certificate")
-    auth_header: list[str] = opt(
-        [], "metadata header sent with every request, e.g. 'authorization: Bearer X'", append=True
+    auth_header: tyro.conf.UseAppendAction[list[str]] = opt(
+        [], "metadata header sent with every request, e.g. 'authorization: Bearer X'"
     )
     keepalive_s: float = opt(30.0, "gRPC keepalive ping interval, seconds (0 = off)")
     resume: bool = opt(False, "skip URIs already in the output (repairs a torn last line)")

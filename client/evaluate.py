@@ -9,7 +9,6 @@ labels). Rows with an `error` or without a `label` are counted, not scored.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -18,15 +17,23 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import tyro
+
+from client.cliargs import parse
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EvaluateConfig:
-    predictions: str = ""
-    out_dir: str = "evaluation"
-    top_k: int = 5
-    max_misclassified: int = 25  # images in the grid
+    """Its fields are xfer-evaluate's flags."""
+
+    predictions: tyro.conf.Positional[str] = field(
+        default="", metadata={"help": "scored output of xfer-score (JSONL or CSV)"}
+    )
+    out_dir: str = field(default="evaluation", metadata={"help": "where the files are written"})
+    top_k: int = field(default=5, metadata={"help": "k of the top-k accuracy"})
+    max_misclassified: int = field(default=25, metadata={"help": "images in the grid"})
 
 
 @dataclass
@@ -210,25 +217,25 @@ def evaluate(config: EvaluateConfig) -> Report:
     return report
 
 
+EXIT_CODES = {
+    0: "metrics written; a one-line summary is printed on stdout",
+    1: "no row could be evaluated (metrics.json still written)",
+    2: "usage error (bad flags, no such predictions file)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 with metrics written; 1 when no row could be evaluated; 2 bad arguments."""
-    parser = argparse.ArgumentParser(prog="xfer-evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("predictions", help="scored output of xfer-score (JSONL or CSV)")
-    parser.add_argument(
-        "--out-dir", "--out_dir", default="evaluation", help="(default: evaluation)"
+    config = parse(
+        EvaluateConfig, argv, prog="xfer-evaluate", description=__doc__, exit_codes=EXIT_CODES
     )
-    parser.add_argument("--top-k", "--top_k", type=int, default=5, help="(default: 5)")
-    parser.add_argument(
-        "--max-misclassified", "--max_misclassified", type=int, default=25, help="(default: 25)"
-    )
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not os.path.exists(args.predictions):
-        print(f"xfer-evaluate: error: {args.predictions}: no such file", file=sys.stderr)
+    if not config.predictions:
+        print("xfer-evaluate: error: PREDICTIONS is required", file=sys.stderr)
         return 2
-    report = evaluate(
-        EvaluateConfig(args.predictions, args.out_dir, args.top_k, args.max_misclassified)
-    )
+    if not os.path.exists(config.predictions):
+        print(f"xfer-evaluate: error: {config.predictions}: no such file", file=sys.stderr)
+        return 2
+    report = evaluate(config)
     print(report.format())
     return 0 if report.evaluated else 1
 

@@ -8,12 +8,13 @@ A config file that does not parse is refused at start-up with `file:line: reason
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
+import tyro
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -28,90 +29,112 @@ class ConfigError(ValueError):
     """A flag or config file is invalid; the message names the file and line."""
 
 
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
+def _bool(args: list[str]) -> bool:
+    """gflags' booleans: `--enable_batching`, `--enable_batching=false`, `--enable_batching 0`."""
+    if not args:
+        return True
+    value = args[0].strip().lower()
     if value in ("1", "true", "t", "yes", "y"):
         return True
     if value in ("0", "false", "f", "no", "n"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false; received {text!r}")
+    raise ValueError(f"expected true or false; received {args[0]!r}")
+
+
+GflagsBool = Annotated[
+    bool,
+    tyro.conf.FlagConversionOff,
+    tyro.constructors.PrimitiveConstructorSpec(
+        nargs="*",
+        metavar="[true|false]",
+        instance_from_str=_bool,
+        is_instance=lambda value: isinstance(value, bool),
+        str_from_instance=lambda value: [str(value).lower()],
+    ),
+]
+
+
+def _flag(default, help: str):  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class ServerFlags:
     """`tensorflow_model_server` flags we implement; defaults as in TF Serving's server.h."""
 
-    port: int = 8500
-    rest_api_port: int = 0
-    model_name: str = "default"
-    model_base_path: str = ""
-    model_config_file: str = ""
-    model_config_file_poll_wait_seconds: int = 0
-    file_system_poll_wait_seconds: int = 1
-    enable_batching: bool = False
-    batching_parameters_file: str = ""
-    monitoring_config_file: str = ""
-    grpc_max_threads: int = 4 * _CPUS
-    grpc_channel_arguments: str = ""
-    grpc_max_message_bytes: int = INT32_MAX
-    rest_api_num_threads: int = 4 * _CPUS
-    rest_api_timeout_in_ms: int = 30000
-    enable_model_warmup: bool = True
-    enable_grpc_healthcheck_service: bool = True
-    allow_version_labels_for_unavailable_models: bool = False
-    host: str = "0.0.0.0"
-    verbose: bool = False
+    port: int = _flag(8500, "TCP port for the gRPC API")
+    rest_api_port: int = _flag(0, "port for the HTTP/REST API and metrics; 0 disables it")
+    model_name: str = _flag("default", "name of the model (ignored if --model_config_file is set)")
+    model_base_path: str = _flag(
+        "", "directory holding <N>/ version directories (unless --model_config_file)"
+    )
+    model_config_file: str = _flag("", "ModelServerConfig in protobuf text format")
+    model_config_file_poll_wait_seconds: int = _flag(
+        0, "re-read --model_config_file every N s; 0 = never"
+    )
+    file_system_poll_wait_seconds: int = _flag(
+        1, "look for new versions every N s; 0 = only at start-up"
+    )
+    enable_batching: GflagsBool = _flag(False, "merge concurrent requests into one model call")
+    batching_parameters_file: str = _flag("", "BatchingParameters in protobuf text format")
+    monitoring_config_file: str = _flag(
+        "", "MonitoringConfig in protobuf text format (Prometheus endpoint)"
+    )
+    grpc_max_threads: int = _flag(4 * _CPUS, "max gRPC worker threads")
+    grpc_channel_arguments: str = _flag(
+        "",
+        "comma-separated gRPC server options, e.g. grpc.max_receive_message_length=8388608",
+    )
+    grpc_max_message_bytes: int = _flag(
+        INT32_MAX, "max gRPC message size, both directions (TF Serving: INT32_MAX)"
+    )
+    rest_api_num_threads: int = _flag(4 * _CPUS, "max concurrent HTTP/REST requests")
+    rest_api_timeout_in_ms: int = _flag(30000, "HTTP/REST request timeout")
+    enable_model_warmup: GflagsBool = _flag(
+        True, "replay assets.extra/tf_serving_warmup_requests before serving"
+    )
+    enable_grpc_healthcheck_service: GflagsBool = _flag(
+        True, "serve grpc.health.v1.Health (TF Serving default: false)"
+    )
+    allow_version_labels_for_unavailable_models: GflagsBool = _flag(
+        False, "allow labels on versions not yet loaded"
+    )
+    host: str = _flag("0.0.0.0", "address to bind (not a TF Serving flag)")
+    verbose: GflagsBool = _flag(False, "debug logging (not a TF Serving flag)")
 
 
-FLAG_HELP = {
-    "port": "TCP port for the gRPC API",
-    "rest_api_port": "port for the HTTP/REST API and metrics; 0 disables it",
-    "model_name": "name of the model (ignored if --model_config_file is set)",
-    "model_base_path": "directory holding <N>/ version directories (unless --model_config_file)",
-    "model_config_file": "ModelServerConfig in protobuf text format",
-    "model_config_file_poll_wait_seconds": "re-read --model_config_file every N s; 0 = never",
-    "file_system_poll_wait_seconds": "look for new versions every N s; 0 = only at start-up",
-    "enable_batching": "merge concurrent requests into one model call",
-    "batching_parameters_file": "BatchingParameters in protobuf text format",
-    "monitoring_config_file": "MonitoringConfig in protobuf text format (Prometheus endpoint)",
-    "grpc_max_threads": "max gRPC worker threads",
-    "grpc_channel_arguments": "comma-separated gRPC server options, e.g. "
-    "grpc.max_receive_message_length=8388608",
-    "grpc_max_message_bytes": "max gRPC message size, both directions (TF Serving: INT32_MAX)",
-    "rest_api_num_threads": "max concurrent HTTP/REST requests",
-    "rest_api_timeout_in_ms": "HTTP/REST request timeout",
-    "enable_model_warmup": "replay assets.extra/tf_serving_warmup_requests before serving",
-    "enable_grpc_healthcheck_service": "serve grpc.health.v1.Health (TF Serving default: false)",
-    "allow_version_labels_for_unavailable_models": "allow labels on versions not yet loaded",
-    "host": "address to bind (not a TF Serving flag)",
-    "verbose": "debug logging (not a TF Serving flag)",
+EXIT_OK, EXIT_USAGE = 0, 2
+SERVE_EXIT_CODES = {
+    EXIT_OK: "stopped by SIGTERM or SIGINT",
+    EXIT_USAGE: "usage or configuration error (bad flag, a config file that does not parse, "
+    "a port in use)",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xfer-serve",
-        description="Local TF-Serving-compatible model server (flags as tensorflow_model_server).",
-    )
-    defaults = ServerFlags()
-    for name, f in ServerFlags.__dataclass_fields__.items():
-        default = getattr(defaults, name)
-        flags = ["--" + name] + (["--" + name.replace("_", "-")] if "_" in name else [])
-        help_text = f"{FLAG_HELP[name]} (default: {default})"
-        if f.type in ("bool", bool):
-            parser.add_argument(
-                *flags, dest=name, type=_bool, nargs="?", const=True, default=default,
-                help=help_text,
-            )  # fmt: skip
-        else:
-            kind = int if f.type in ("int", int) else str
-            parser.add_argument(*flags, dest=name, type=kind, default=default, help=help_text)
-    return parser
+def parse(args_type, argv, *, prog: str, description: str, exit_codes: dict[int, str], **kw):
+    """`tyro.cli` (both spellings of every flag work); `--help` ends with the exit codes. The same
+    few lines as export/cliargs.py: serving/ imports nothing from export/."""
+    description = re.sub(r"(?<=\S)\n(?=\S)", " ", description.strip())  # tyro joins lines
+    try:
+        return tyro.cli(args_type, args=argv, prog=prog, description=description, **kw)
+    except SystemExit as exc:
+        if exc.code == 0:  # --help was printed
+            codes = sorted({EXIT_OK: "done", EXIT_USAGE: "usage error", **exit_codes}.items())
+            print("exit codes:\n" + "".join(f"  {code}  {text}\n" for code, text in codes), end="")
+        raise
 
 
 def parse_flags(argv: list[str] | None = None) -> ServerFlags:
-    args = build_parser().parse_args(argv)
-    return ServerFlags(**vars(args))
+    """Flags as `tensorflow_model_server` spells them (`--model_base_path=/m`); the dashed
+    spelling works too."""
+    return parse(
+        ServerFlags,
+        argv,
+        prog="xfer-serve",
+        description="Local TF-Serving-compatible model server (flags as tensorflow_model_server).",
+        exit_codes=SERVE_EXIT_CODES,
+        use_underscores=True,
+    )
 
 
 # ---------------------------------------------------------------- typed configs

@@ -6,18 +6,20 @@ local server parse them alike):
                      policy (latest N, or exactly the versions published now) and version labels
   batching.config    BatchingParameters
   monitoring.config  MonitoringConfig (Prometheus on the REST port)
+
 Each file is written atomically and parsed back with the server's own loaders before it is kept.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
+import tyro
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -26,6 +28,7 @@ from serving.config import (
     load_batching_file,
     load_model_config_file,
     load_monitoring_file,
+    parse,
 )
 from serving.protos import BatchingParameters, MonitoringConfig
 
@@ -136,34 +139,58 @@ def _labels(text: str) -> dict[str, int]:
     for item in filter(None, text.split(",")):
         label, _, version = item.partition("=")
         if not version.isdigit():
-            raise argparse.ArgumentTypeError(f"labels look like stable=3,canary=4; got {item!r}")
+            raise ValueError(f"labels look like stable=3,canary=4; got {item!r}")
         labels[label.strip()] = int(version)
     return labels
 
 
+Labels = Annotated[
+    dict[str, int],
+    tyro.constructors.PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="LABEL=N,...",
+        instance_from_str=lambda args: _labels(args[0]),
+        is_instance=lambda value: isinstance(value, dict),
+        str_from_instance=lambda value: [",".join(f"{k}={v}" for k, v in value.items())],
+    ),
+]
+
+
+def _flag(default, help: str):  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployFlags:
+    model_name: str = _flag(MISSING, "the model's name on the server")
+    container_base_path: str | None = _flag(
+        None, "base path inside the container (default /models/<name>)"
+    )
+    published: str | None = _flag(None, "the local model base path (for specific/labels)")
+    policy: Literal["latest", "specific", "all"] = _flag("latest", "the version policy")
+    latest_versions: int = _flag(1, "N of the latest policy")
+    labels: Labels = field(default_factory=dict, metadata={"help": "e.g. stable=3,canary=4"})
+    max_batch_size: int = _flag(32, "BatchingParameters.max_batch_size")
+    batch_timeout_micros: int = _flag(2000, "BatchingParameters.batch_timeout_micros")
+    num_batch_threads: int = _flag(4, "BatchingParameters.num_batch_threads")
+    allowed_batch_sizes: str = _flag("8,16,32", "BatchingParameters.allowed_batch_sizes")
+    out: str = _flag(MISSING, "directory for the three files")
+
+
+EXIT_CODES = {
+    0: "written; their paths are printed on stdout",
+    2: "usage or configuration error (bad flags; a file the server would refuse)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    args = parse(
+        DeployFlags,
+        argv,
         prog="xfer-serving-configs",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_codes=EXIT_CODES,
     )
-    parser.add_argument("--model-name", "--model_name", required=True)
-    parser.add_argument(
-        "--container-base-path",
-        "--container_base_path",
-        default=None,
-        help="base path inside the container (default /models/<name>)",
-    )
-    parser.add_argument("--published", help="the local model base path (for specific/labels)")
-    parser.add_argument("--policy", default="latest", choices=["latest", "specific", "all"])
-    parser.add_argument("--latest-versions", type=int, default=1)
-    parser.add_argument("--labels", type=_labels, default={}, help="e.g. stable=3,canary=4")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-micros", type=int, default=2000)
-    parser.add_argument("--num-batch-threads", type=int, default=4)
-    parser.add_argument("--allowed-batch-sizes", default="8,16,32")
-    parser.add_argument("--out", required=True, help="directory for the three files")
-    args = parser.parse_args(argv)
     config = DeployConfig(
         model_name=args.model_name,
         container_base_path=args.container_base_path or f"/models/{args.model_name}",

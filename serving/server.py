@@ -1,4 +1,4 @@
-"""`xfer-serve` / `python -m serving`: the local TF-Serving-compatible model server.
+"""The local TF-Serving-compatible model server (`xfer-serve`, `python -m serving`: serving/cli.py).
 
 Start-up follows tensorflow_model_server: read flags and config files (a bad file stops the
 server with `file:line: reason`), load and warm up the aspired versions, then open the gRPC port
@@ -8,19 +8,10 @@ server with `file:line: reason`), load and warm up the aspired versions, then op
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 import threading
 
 from serving.api import ServingApi
-from serving.config import (
-    ConfigError,
-    ServingConfig,
-    load_model_config_file,
-    parse_flags,
-    resolve,
-)
+from serving.config import ServingConfig, load_model_config_file
 from serving.grpc_service import build_grpc_server
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -117,44 +108,3 @@ class ModelServer:
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
         self.manager.stop()
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Logs to stderr; TensorFlow's C++ logs from ERROR up, unless TF_CPP_MIN_LOG_LEVEL is set."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    flags = parse_flags(argv)
-    setup_logging(flags.verbose)
-    try:
-        config = resolve(flags)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        print(f"xfer-serve: error: {exc}", file=sys.stderr)
-        return 2
-    server = ModelServer(config)
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"xfer-serve: error: {exc}", file=sys.stderr)
-        server.stop(0)
-        return 2
-
-    def shutdown(signum, frame):
-        log.info("signal %d: shutting down", signum)
-        threading.Thread(target=server.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    server.wait()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

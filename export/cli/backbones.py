@@ -1,16 +1,24 @@
-"""`xfer-backbones`: list the backbone registry, or one backbone's layers (for --feature-layer)."""
+"""`xfer-backbones`: list the backbone registry (one JSON object per backbone on stdout), or one
+backbone's layers (for --feature-layer)."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
+from dataclasses import dataclass
+
+from export.cliargs import opt, parse, setup_logging
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackbonesArgs:
+    layers: str | None = opt(None, "print the layer names and output shapes of this backbone")
+    image_size: int | None = opt(None, "with --layers: its input size (default: the registry's)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xfer-backbones", description=__doc__)
-    parser.add_argument("--layers", metavar="NAME", help="print the layer names of NAME")
-    parser.add_argument("--image-size", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = parse(BackbonesArgs, argv, prog="xfer-backbones", description=__doc__, exit_codes={})
+    setup_logging()
     from export.model.backbones import (  # TensorFlow: after --help
         REGISTRY,
         WEIGHTS_NONE,
@@ -21,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.layers:
         config = BackboneConfig(name=args.layers, weights=WEIGHTS_NONE, image_size=args.image_size)
-        extractor = build_feature_extractor(config)
+        try:
+            extractor = build_feature_extractor(config)
+        except ValueError as exc:  # unknown name (with close matches), bad size
+            print(f"xfer-backbones: error: {exc}", file=sys.stderr)
+            return 2
         for layer in extractor.layers:
             print(f"{layer.name}\t{tuple(layer.output.shape)}")
         return 0
@@ -39,3 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,23 +2,40 @@
 
 No training and no published model needed: `export.model.imagenet_classifier` (the registry's
 `efficientnet_lite0` and its ImageNet classifier, through the shared preprocessing contract).
-
-Exit codes: 0 every image classified; 2 usage error (bad flags, ImageNet weights unavailable);
-3 some images failed (each has an error line; the others are still classified).
+Per image on stdout: its path and five `label score` lines, or with --json
+`{"uri", "top5": [[label, score], ...]}`; a failed image gets `IMAGE: error: REASON`
+(`{"uri", "error"}`) and the others are still classified.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from export.cliargs import setup_logging
+import tyro
+
+from export.cliargs import opt, parse, setup_logging, usage_error
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "every image classified",
+    EXIT_USAGE: "usage error (bad flags, ImageNet weights unavailable)",
+    EXIT_SOME_FAILED: "some images failed (each has an error line; the others are classified)",
+}
 log = logging.getLogger("xfer-classify")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifyArgs:
+    json: bool = opt(False, "one JSON object per line")
+    batch_size: int = opt(16, "images per model call")
+    images: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE")] = opt(
+        (), "image files (at least one)"
+    )
 
 
 def _read(path: str) -> tuple[bytes | None, str | None]:
@@ -31,19 +48,18 @@ def _read(path: str) -> tuple[bytes | None, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    args = parse(
+        ClassifyArgs,
+        argv,
         prog="xfer-classify",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_codes=EXIT_CODES,
+        config=(tyro.conf.FlagCreatePairsOff,),
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument(
-        "--batch-size", "--batch_size", type=int, default=16, help="images per model call"
-    )
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    args = parser.parse_args(argv)
+    if not args.images:
+        usage_error("xfer-classify", "at least one IMAGE is required")
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1; received {args.batch_size}")
+        usage_error("xfer-classify", f"--batch-size must be at least 1; received {args.batch_size}")
     setup_logging()
     from export.model.imagenet_classifier import ImageNetClassifier  # TensorFlow: after --help
 

@@ -7,38 +7,43 @@ Each entry is trained by `export.training.train.train` into OUTPUT/runs/NN-ENTRY
 baseline CNN (`export.experiments.baseline`) into OUTPUT/runs/baseline/. OUTPUT gets
 comparison.json, .csv, .md (the table also printed) and .png. An entry that fails (unknown
 name, weights unavailable offline, ...) gets a row with its error and the others still run.
-
-Exit codes: 0 every entry trained; 1 some entry failed (outputs still written); 2 bad
-arguments or dataset.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from export.cliargs import add_config_arguments, config_from_args, setup_logging
-from export.experiments.compare import (
-    baseline_preprocessor,
-    error_row,
-    release_memory,
-    run_backbone,
-    run_baseline,
+import tyro
+
+from export.cliargs import (
+    REQUIRED,
+    comma_separated,
+    config_from_args,
+    flags_of,
+    opt,
+    parse,
+    setup_logging,
 )
 from export.experiments.compare_entries import (
     BASELINE,
     NOT_FLAGS,
     EntrySyntaxError,
-    entry_config,
     parse_entries,
     slug,
 )
-from export.experiments.compare_outputs import write_outputs
+from export.training.config import TrainConfig
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_CODES = {
+    EXIT_OK: "every entry trained",
+    EXIT_SOME_FAILED: "some entry failed (its row says why; the outputs are still written)",
+    EXIT_USAGE: "usage error (bad flags, --backbones entries or dataset)",
+}
 log = logging.getLogger("xfer-compare")
 
 
@@ -46,76 +51,54 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from None
+        raise ValueError(f"expected comma-separated integers: {text!r}") from None
     if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+        raise ValueError(f"expected positive integers: {text!r}")
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from export.training.config import TrainConfig
-
-    parser = argparse.ArgumentParser(
-        prog="xfer-compare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", required=True, help="class-folder root, as for xfer-train")
-    parser.add_argument(
-        "--backbones",
-        action="append",
-        required=True,
-        help="comma-separated entries NAME or NAME@key=value,key=value (any TrainConfig option "
+@dataclass(frozen=True, kw_only=True)
+class CompareOptions:
+    data: str = opt(REQUIRED, "class-folder root, as for xfer-train")
+    backbones: tyro.conf.UseAppendAction[tuple[str, ...]] = opt(
+        REQUIRED,
+        "comma-separated entries NAME or NAME@key=value,key=value (any TrainConfig option "
         "but the data and split ones); repeatable",
     )
-    parser.add_argument("--output", required=True, help="directory for the comparison")
-    parser.add_argument(
-        "--baseline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also train a small CNN from scratch (default: yes)",
+    output: str = opt(REQUIRED, "directory for the comparison")
+    baseline: bool = opt(True, "also train a small CNN from scratch")
+    baseline_epochs: int = opt(30, "the baseline's maximum epochs")
+    baseline_filters: Annotated[tuple[int, ...], comma_separated(_int_list)] = opt(
+        (32, 64, 128), "widths of its Conv-BN-ReLU-MaxPool blocks"
     )
-    parser.add_argument("--baseline-epochs", "--baseline_epochs", type=int, default=30)
-    parser.add_argument(
-        "--baseline-filters",
-        "--baseline_filters",
-        type=_int_list,
-        default=(32, 64, 128),
-        help="widths of its Conv-BN-ReLU-MaxPool blocks (default: 32,64,128)",
-    )
-    parser.add_argument(
-        "--baseline-image-size",
-        "--baseline_image_size",
-        type=int,
-        default=None,
-        help="its input size (default: the first backbone's)",
-    )
-    parser.add_argument(
-        "--baseline-learning-rate", "--baseline_learning_rate", type=float, default=1e-3
-    )
-    parser.add_argument("--baseline-dropout", "--baseline_dropout", type=float, default=0.5)
-    parser.add_argument(
-        "--throughput-images",
-        "--throughput_images",
-        type=int,
-        default=256,
-        help="images timed for images/s (the same files for every entry; default: 256)",
-    )
-    add_config_arguments(parser, TrainConfig, exclude=NOT_FLAGS)
-    return parser
+    baseline_image_size: int | None = opt(None, "its input size (default: the first backbone's)")
+    baseline_learning_rate: float = opt(1e-3, "the baseline's learning rate")
+    baseline_dropout: float = opt(0.5, "the baseline's dropout rate")
+    throughput_images: int = opt(256, "images timed for images/s (the same files for every entry)")
+
+
+# Its own options, then TrainConfig's but those it sets per entry.
+CompareArgs = flags_of("CompareArgs", CompareOptions, TrainConfig, exclude=NOT_FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse(CompareArgs, argv, prog="xfer-compare", description=__doc__, exit_codes=EXIT_CODES)
     setup_logging()
     from export.data.dataset import DatasetError, scan
     from export.experiments.baseline import BaselineConfig
+    from export.experiments.compare import (
+        baseline_preprocessor,
+        entry_config,
+        error_row,
+        release_memory,
+        run_backbone,
+        run_baseline,
+    )
+    from export.experiments.compare_outputs import write_outputs
     from export.training.augment import AugmentConfig
-    from export.training.config import TrainConfig
     from export.training.runs import library_versions
     from export.training.stopping import check_target
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     output = Path(args.output)
     try:
         entries = parse_entries(args.backbones)

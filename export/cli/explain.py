@@ -4,46 +4,45 @@ For each image: `<output>/<image stem>_gradcam.png` (the image with a jet heatma
 and one JSON line on stdout (also appended to `<output>/explain.jsonl`) with the predicted label,
 its score, the explained class and the heatmap's peak in original-image pixels.
 
-Exit codes: 0 every image explained; 1 some images failed (each has an error line naming the
-file and the reason; the others are still explained); 2 usage error (bad run dir, layer, class).
+A failed image gets an error line on stderr and `{"image", "error"}` on stdout; the others are
+still explained.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from export.cliargs import setup_logging
+import tyro
+
+from export.cliargs import REQUIRED, opt, parse, setup_logging, usage_error
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_CODES = {
+    EXIT_OK: "every image explained",
+    EXIT_SOME_FAILED: "some images failed (each has an error line; the others are explained)",
+    EXIT_USAGE: "usage error (bad flags, run dir, layer or class)",
+}
 log = logging.getLogger("xfer-explain")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xfer-explain",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclass(frozen=True, kw_only=True)
+class ExplainArgs:
+    run_dir: str = opt(REQUIRED, "an xfer-train run dir")
+    layer: str | None = opt(
+        None, "spatial layer of the backbone (default: the last one before the feature pooling)"
     )
-    parser.add_argument("--run-dir", "--run_dir", required=True, help="an xfer-train run dir")
-    parser.add_argument(
-        "--layer",
-        default=None,
-        help="spatial layer of the backbone (default: the last one before the feature pooling)",
+    label: Annotated[str | None, tyro.conf.arg(name="class", metavar="LABEL")] = opt(
+        None, "explain this class instead of each image's predicted class"
     )
-    parser.add_argument(
-        "--class",
-        dest="label",
-        default=None,
-        metavar="LABEL",
-        help="explain this class instead of each image's predicted class",
+    output: str = opt("gradcam", "overlay directory")
+    images: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE")] = opt(
+        (), "image files (at least one)"
     )
-    parser.add_argument("--output", default="gradcam", help="overlay directory (default: gradcam)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    return parser
 
 
 def _overlay_names(images: list[str]) -> list[str]:
@@ -59,7 +58,9 @@ def _overlay_names(images: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(ExplainArgs, argv, prog="xfer-explain", description=__doc__, exit_codes=EXIT_CODES)
+    if not args.images:
+        usage_error("xfer-explain", "at least one IMAGE is required")
     setup_logging()
     from export import fsutil
     from export.experiments.gradcam import ExplainError, load_run, png_bytes

@@ -1,56 +1,52 @@
 """`xfer-export`: images -> trained head -> gated SavedModel published as <base>/<N>/.
 
-Exit codes: 0 published; 1 the gate refused the model (nothing published); 2 bad arguments,
-dataset or version.
+Flags: TrainConfig's (as xfer-train) and the publishing ones. The published version is
+summarised as one JSON object on stdout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 
-from export.cliargs import add_config_arguments, config_from_args, setup_logging
+from export.cliargs import parse, setup_logging
+from export.publishing.config import ExportConfig
 
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+EXIT_CODES = {
+    EXIT_OK: "published; a JSON summary is printed on stdout",
+    EXIT_REFUSED: "nothing published: the gate refused the model (test accuracy below "
+    "--min-accuracy included)",
+    EXIT_USAGE: "usage or configuration error (bad flags, dataset, backbone; --version exists)",
+}
 log = logging.getLogger("xfer-export")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from export.publishing.exporter import ExportConfig
-
-    parser = argparse.ArgumentParser(
-        prog="xfer-export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(parser, ExportConfig)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
+    config = parse(
+        ExportConfig, argv, prog="xfer-export", description=__doc__, exit_codes=EXIT_CODES
+    )
     setup_logging()
-    from export.data.dataset import DatasetError
-    from export.publishing.exporter import ExportConfig, export_model
-    from export.publishing.gate import GateError
-    from export.publishing.publish import VersionExistsError
-
-    args = build_parser().parse_args(argv)
-    config = config_from_args(ExportConfig, args)
     if config.version is not None and (config.base_path / str(config.version)).exists():
         log.error(
             "%s already exists; versions are never overwritten",
             config.base_path / str(config.version),
         )
-        return 2
+        return EXIT_USAGE
+    from export.data.dataset import DatasetError
+    from export.publishing.exporter import export_model
+    from export.publishing.gate import GateError
+    from export.publishing.publish import VersionExistsError
+
     try:
         result = export_model(config)
     except GateError as exc:
         log.error("gate refused the model, nothing was published: %s", exc)
-        return 1
+        return EXIT_REFUSED
     except (DatasetError, VersionExistsError, ValueError, RuntimeError, FileNotFoundError) as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_USAGE
     summary = {
         "published": str(result.path),
         "version": result.version,
@@ -61,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": {s: m["accuracy"] for s, m in result.train.metrics["splits"].items()},
     }
     print(json.dumps(summary, indent=2))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

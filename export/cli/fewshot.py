@@ -9,85 +9,115 @@ train a fresh head (`export.model.heads.build_head`, the trainer's `fit_head`, a
 epochs) and every other image is a test image. The hash split of xfer-train is ignored: the
 protocol draws its own training images, and a fixed validation split would leave nothing to
 draw from in small classes.
-
-Exit codes: 0 every N ran; 1 some N were skipped (a class has <= N images; outputs still
-written); 2 bad arguments or dataset, or no N could run.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-import numpy as np
+import tyro
 
-from export import fsutil
-from export.cliargs import add_config_arguments, config_from_args, setup_logging
-from export.experiments.fewshot import (
-    DEFAULT_EPOCHS,
-    FLAGS,
-    features_from_bottlenecks,
-    features_from_images,
-    fewshot_png,
-    markdown_table,
-    results_csv,
-    run_protocol,
+from export.cliargs import (
+    REQUIRED,
+    comma_separated,
+    config_from_args,
+    flags_of,
+    opt,
+    parse,
+    setup_logging,
 )
-from export.model import heads
+from export.training.config import TrainConfig
 
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE = 0, 1, 2
+EXIT_CODES = {
+    EXIT_OK: "every N ran",
+    EXIT_SOME_SKIPPED: "some N were skipped (a class has <= N images; outputs still written)",
+    EXIT_USAGE: "usage error (bad flags or dataset), or no N could run",
+}
 log = logging.getLogger("xfer-fewshot")
+
+# TrainConfig fields that make sense here: the backbone (for --data) and the head's training.
+FLAGS = (
+    "backbone",
+    "weights",
+    "image_size",
+    "feature_layer",
+    "alpha",
+    "max_pixels",
+    "batch_size",
+    "head",
+    "hidden_units",
+    "dropout",
+    "l2",
+    "optimizer",
+    "learning_rate",
+    "epochs",
+    "progress",
+)
+DEFAULT_EPOCHS = 50  # no validation split, so no early stopping: a fixed count
 
 
 def _positive_ints(text: str) -> list[int]:
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from None
+        raise ValueError(f"expected comma-separated integers: {text!r}") from None
     if not values or values[0] <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+        raise ValueError(f"expected positive integers: {text!r}")
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from export.training.config import TrainConfig
+SOURCE = tyro.conf.create_mutex_group(required=True, title="source (one of)")
 
-    parser = argparse.ArgumentParser(
-        prog="xfer-fewshot",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+@dataclass(frozen=True, kw_only=True)
+class FewshotOptions:
+    data: Annotated[str | None, SOURCE] = opt(
+        None, "class-folder root: features computed here, once"
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="class-folder root: features computed here, once")
-    source.add_argument(
-        "--bottlenecks",
-        help="xfer-bottlenecks output prefix: its features and backbone (backbone flags ignored)",
+    bottlenecks: Annotated[str | None, SOURCE] = opt(
+        None, "xfer-bottlenecks output prefix: its features and backbone (backbone flags ignored)"
     )
-    parser.add_argument(
-        "--shots", type=_positive_ints, default=[1, 5, 10], help="N values (default: 1,5,10)"
+    shots: Annotated[list[int], comma_separated(_positive_ints)] = dataclasses.field(
+        default_factory=lambda: [1, 5, 10], metadata={"help": "N values"}
     )
-    parser.add_argument("--repeats", type=int, default=5, help="draws per N (default: 5)")
-    parser.add_argument("--seed", type=int, default=0, help="repeat r uses seed S+r (default: 0)")
-    parser.add_argument("--output", required=True, help="directory for fewshot.*")
-    exclude = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in FLAGS]
-    add_config_arguments(parser, TrainConfig, exclude=exclude)
-    for action in parser._actions:
-        if action.dest == "epochs":  # no validation split, so no early stopping: a fixed count
-            action.default = DEFAULT_EPOCHS
-            action.help = f"head training epochs per draw, fixed (default: {DEFAULT_EPOCHS})"
-    return parser
+    repeats: int = opt(5, "draws per N")
+    seed: int = opt(0, "repeat r uses seed S+r")
+    output: str = opt(REQUIRED, "directory for fewshot.*")
+
+
+FewshotArgs = flags_of(
+    "FewshotArgs",
+    FewshotOptions,
+    TrainConfig,
+    only=FLAGS,
+    replace={"epochs": opt(DEFAULT_EPOCHS, "head training epochs per draw, fixed")},
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse(FewshotArgs, argv, prog="xfer-fewshot", description=__doc__, exit_codes=EXIT_CODES)
     setup_logging()
+    import numpy as np
+
+    from export import fsutil
     from export.data.dataset import DatasetError
-    from export.training.config import TrainConfig
+    from export.experiments.fewshot import (
+        features_from_bottlenecks,
+        features_from_images,
+        fewshot_png,
+        markdown_table,
+        results_csv,
+        run_protocol,
+    )
+    from export.model import heads
     from export.training.runs import library_versions
 
-    args = build_parser().parse_args(argv)
     if args.repeats < 1:
         log.error("--repeats must be at least 1; received %d", args.repeats)
         return EXIT_USAGE

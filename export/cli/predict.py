@@ -1,41 +1,57 @@
 """`xfer-predict`: top-k labels for images from a published version, loaded in process.
 
-Exit codes: 0 every image predicted; 2 usage error (bad flags, no such model or version);
-3 some images failed (each has an error line; the others are still predicted).
+One line per image on stdout: `IMAGE: label score, ...`, or with --json
+`{"uri", "version", "top": [[label, score], ...]}`; a failed image gets `IMAGE: error: REASON`
+(`{"uri", "error"}`) and the others are still predicted.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from export.cliargs import setup_logging
+import tyro
+
+from export.cliargs import REQUIRED, opt, parse, setup_logging, usage_error
 from export.publishing.versions import resolve_version
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "every image predicted",
+    EXIT_USAGE: "usage error (bad flags, no such model or version)",
+    EXIT_SOME_FAILED: "some images failed (each has an error line)",
+}
 log = logging.getLogger("xfer-predict")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PredictArgs:
+    model_dir: str = opt(
+        REQUIRED, "model base path (uses the highest version) or a version directory"
+    )
+    version: int | None = opt(None, "this version of the model base path")
+    top_k: int = opt(5, "labels per image")
+    json: bool = opt(False, "one JSON object per line")
+    images: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE")] = opt(
+        (), "image files (at least one)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    args = parse(
+        PredictArgs,
+        argv,
         prog="xfer-predict",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_codes=EXIT_CODES,
+        config=(tyro.conf.FlagCreatePairsOff,),
     )
-    parser.add_argument(
-        "--model-dir",
-        "--model_dir",
-        required=True,
-        help="model base path (uses the highest version) or a version directory",
-    )
-    parser.add_argument("--version", type=int, default=None)
-    parser.add_argument("--top-k", "--top_k", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    args = parser.parse_args(argv)
+    if not args.images:
+        usage_error("xfer-predict", "at least one IMAGE is required")
     setup_logging()
 
     try:

@@ -1,39 +1,31 @@
 """`xfer-report --run-dir RUN`: (re)build `RUN/report.html` for an existing training run.
 
 The model comes from the run dir; the features are recomputed from the run's images (or read
-from its bottlenecks), at most --max-per-split images per split.
-
-Exit codes: 0 written; 2 not a usable run dir (the message says why).
+from its bottlenecks), at most --max-per-split images per split. The report's path is printed
+on stdout.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
 
-from export.cliargs import setup_logging
+from export.cliargs import REQUIRED, opt, parse, setup_logging
+from export.experiments.defaults import MAX_PER_SPLIT
 
+EXIT_CODES = {0: "written", 2: "usage error, or not a usable run dir (the message says why)"}
 log = logging.getLogger("xfer-report")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from export.experiments.report import MAX_PER_SPLIT
+@dataclass(frozen=True, kw_only=True)
+class ReportArgs:
+    run_dir: str = opt(REQUIRED, "an xfer-train run dir")
+    max_per_split: int = opt(MAX_PER_SPLIT, "images per split to compute features of")
 
-    parser = argparse.ArgumentParser(
-        prog="xfer-report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--run-dir", "--run_dir", required=True, help="an xfer-train run dir")
-    parser.add_argument(
-        "--max-per-split",
-        "--max_per_split",
-        type=int,
-        default=MAX_PER_SPLIT,
-        help=f"images per split to compute features of (default: {MAX_PER_SPLIT})",
-    )
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(ReportArgs, argv, prog="xfer-report", description=__doc__, exit_codes=EXIT_CODES)
     setup_logging()
     from export.data.dataset import DatasetError
     from export.experiments.gradcam import ExplainError

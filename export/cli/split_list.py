@@ -3,22 +3,33 @@ input format of xfer-score and xfer-bottlenecks (same stable split as every stag
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import tyro
+
+from export.cliargs import REQUIRED, opt, parse
 from export.data.dataset import SPLITS, TEST, DatasetError, SplitConfig, scan
+
+Split = Literal["train", "validation", "test"]
+assert typing.get_args(Split) == SPLITS, "Split lists dataset.SPLITS"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitListArgs:
+    data: tyro.conf.Positional[str] = opt(REQUIRED, "class-folder root")
+    split: Split = opt(TEST, "which split's files")
+    validation_percent: float = opt(10.0, "hash split: percent of images for validation")
+    test_percent: float = opt(10.0, "hash split: percent of images for test")
+    output: str | None = opt(None, "CSV file (default: stdout)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xfer-split-list", description=__doc__)
-    parser.add_argument("data", help="class-folder root")
-    parser.add_argument("--split", choices=SPLITS, default=TEST)
-    parser.add_argument("--validation-percent", "--validation_percent", type=float, default=10.0)
-    parser.add_argument("--test-percent", "--test_percent", type=float, default=10.0)
-    parser.add_argument("--output", help="CSV file (default: stdout)")
-    args = parser.parse_args(argv)
+    args = parse(SplitListArgs, argv, prog="xfer-split-list", description=__doc__, exit_codes={})
     try:
         dataset = scan(args.data, SplitConfig(args.validation_percent, args.test_percent))
     except (DatasetError, ValueError) as exc:

@@ -9,7 +9,9 @@ accuracy and honours `--stop-at-accuracy`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -190,14 +192,15 @@ def train_baseline(
     )
     callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
     started = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=validation if has_validation else None,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # train_ds is shuffled above, with the seed
-        verbose=2 if config.progress else 0,
-    ).history
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints its epoch lines on stdout
+        history = model.fit(
+            train_ds,
+            validation_data=validation if has_validation else None,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # train_ds is shuffled above, with the seed
+            verbose=2 if config.progress else 0,
+        ).history
     seconds = time.perf_counter() - started
     splits = evaluate_splits(model, source, batch_size=config.batch_size)
     metrics = {

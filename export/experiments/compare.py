@@ -25,6 +25,17 @@ from export.training.evaluation import quality_accuracy
 log = logging.getLogger("xfer-compare")
 
 
+def entry_config(base, entry: Entry, run_dir: Path):
+    """The TrainConfig of one entry: global flags, then the entry's own options. The global
+    --alpha applies only to backbones with a width multiplier; others keep 1.0."""
+
+    spec = REGISTRY.get(entry.backbone)
+    changes = {"backbone": entry.backbone, "run_dir": str(run_dir)}
+    if spec is not None and not spec.takes_alpha:
+        changes["alpha"] = 1.0
+    return dataclasses.replace(base, **changes, **entry.options)
+
+
 def sample_images(paths: list[str], preprocessor, limit: int) -> np.ndarray:
     """Up to `limit` model-input images from `paths` (in order, refused files skipped): every
     entry's throughput is measured on the same files."""
@@ -85,7 +96,7 @@ def run_backbone(entry: Entry, config, paths: list[str], throughput_images: int)
     result = train_and_report(config)
     total = time.perf_counter() - started
     extractor = result.extractor
-    images = sample_images(paths, result.config.preprocessor(), throughput_images)
+    images = sample_images(paths, Preprocessor.of(result.config), throughput_images)
     return _row(
         entry.name,
         "backbone",
@@ -94,7 +105,7 @@ def run_backbone(entry: Entry, config, paths: list[str], throughput_images: int)
         feature_dim=result.metrics["feature_dim"],
         param_count=int(extractor.count_params() + result.head.count_params()),
         images_per_second=images_per_second(extractor, images, config.batch_size),
-        image_size=result.config.backbone_config().input_size,
+        image_size=BackboneConfig.of(result.config).input_size,
         data_hash=result.metrics["data_hash"],
         run_dir=str(result.run_dir),
         **_accuracies(result.metrics),
@@ -108,7 +119,7 @@ def baseline_preprocessor(configs: list, image_size: int | None):
 
     for config in configs:
         if config.backbone in REGISTRY:
-            backbone = config.backbone_config()
+            backbone = BackboneConfig.of(config)
             if image_size:
                 backbone = dataclasses.replace(backbone, image_size=image_size)
             return Preprocessor(backbone, config.max_pixels)

@@ -1,5 +1,5 @@
 """xfer-compare's `--backbones` entries: `NAME` or `NAME@key=value,...`, parsed and checked before
-anything is trained, each turned into its own TrainConfig."""
+anything is trained (without TensorFlow); `compare.entry_config` turns each into its TrainConfig."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from export.cliargs import _base_type
-from export.model.backbones import REGISTRY
 from export.training.config import TrainConfig
 
 # TrainConfig fields that xfer-compare sets itself: no global flag for them.
@@ -42,8 +39,13 @@ def _coerce(key: str, text: str):
             f"unknown per-backbone option {key!r}; options: {', '.join(allowed)}"
         )
     hint = typing.get_type_hints(TrainConfig)[key]
-    kind = _base_type(hint)
     optional = type(None) in typing.get_args(hint)
+    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if typing.get_origin(kind) is typing.Literal:
+        if text not in typing.get_args(kind):
+            choices = ", ".join(typing.get_args(kind))
+            raise EntrySyntaxError(f"option {key}={text!r}: choose from {choices}")
+        return text
     try:
         if optional and kind is not str and text.lower() in ("none", "null"):
             return None
@@ -54,9 +56,6 @@ def _coerce(key: str, text: str):
         value = kind(text)
     except ValueError:
         raise EntrySyntaxError(f"option {key}={text!r}: expected {kind.__name__}") from None
-    choices = fields[key].metadata.get("choices")
-    if choices and value not in choices:
-        raise EntrySyntaxError(f"option {key}={text!r}: choose from {', '.join(choices)}")
     return value
 
 
@@ -96,17 +95,6 @@ def parse_entries(values: list[str]) -> list[Entry]:
     if not entries:
         raise EntrySyntaxError("--backbones names no backbone")
     return entries
-
-
-def entry_config(base, entry: Entry, run_dir: Path):
-    """The TrainConfig of one entry: global flags, then the entry's own options. The global
-    --alpha applies only to backbones with a width multiplier; others keep 1.0."""
-
-    spec = REGISTRY.get(entry.backbone)
-    changes = {"backbone": entry.backbone, "run_dir": str(run_dir)}
-    if spec is not None and not spec.takes_alpha:
-        changes["alpha"] = 1.0
-    return dataclasses.replace(base, **changes, **entry.options)
 
 
 def slug(text: str) -> str:

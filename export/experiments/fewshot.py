@@ -17,29 +17,10 @@ import numpy as np
 from export.data.dataset import TEST, TRAIN, scan
 from export.features.bottleneck_schema import feature_spec
 from export.features.sources import TFRecordFeatures
+from export.model.backbones import BackboneConfig
 from export.training.train import extract_features, fit_head
 
 log = logging.getLogger("xfer-fewshot")
-
-# TrainConfig fields that make sense here: the backbone (for --data) and the head's training.
-FLAGS = (
-    "backbone",
-    "weights",
-    "image_size",
-    "feature_layer",
-    "alpha",
-    "max_pixels",
-    "batch_size",
-    "head",
-    "hidden_units",
-    "dropout",
-    "l2",
-    "optimizer",
-    "learning_rate",
-    "epochs",
-    "progress",
-)
-DEFAULT_EPOCHS = 50
 
 
 @dataclass
@@ -73,7 +54,7 @@ def features_from_images(config) -> AllFeatures:
         np.array([e.label_id for e in table.examples], np.int64),
         [e.path for e in table.examples],
         dataset.labels,
-        config.backbone_config().to_dict(),
+        BackboneConfig.of(config).to_dict(),
         dataset.skipped + table.skipped,
     ).sorted()
 

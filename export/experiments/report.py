@@ -26,9 +26,10 @@ from export.experiments.report_data import (
 from export.experiments.report_html import REPORT_FILE, write_report
 from export.features.extraction import compute_features
 from export.features.sources import TFRecordFeatures
-from export.training.config import TrainConfig, TrainResult
+from export.model.preprocessing import Preprocessor
+from export.training.config import TrainConfig
 from export.training.evaluation import check_min_accuracy
-from export.training.train import train
+from export.training.train import TrainResult, train
 
 log = logging.getLogger(__name__)
 __all__ = ["REPORT_FILE", "rebuild_report", "train_and_report", "write_run_report"]
@@ -49,7 +50,7 @@ def write_run_report(result: TrainResult) -> Path | None:
     try:
         run_dir = Path(result.run_dir)
         config = result.config
-        preprocessor = config.preprocessor()
+        preprocessor = Preprocessor.of(config)
         splits = splits_from_source(result.source)
         if "fine_tune" in result.metrics:
             # The cached features are the frozen backbone's; the final model's are not.

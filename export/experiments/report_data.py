@@ -14,12 +14,12 @@ import keras
 import numpy as np
 
 from export.data.dataset import SPLITS
+from export.experiments.defaults import MAX_PER_SPLIT
 from export.experiments.gradcam import Explainer
 from export.model.preprocessing import EagerPreprocessor, Preprocessor, decode_image
 
 log = logging.getLogger(__name__)
 
-MAX_PER_SPLIT = 5000  # feature rows read per split (bounds memory for Beam-sized bottlenecks)
 THUMBNAIL = 160
 
 

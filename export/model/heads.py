@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-HEADS = ("softmax", "mlp")
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+from export.model.names import HEADS, OPTIMIZERS
+
 # Standardising divides by each feature's training standard deviation. A feature that is (nearly)
 # constant in training, e.g. a channel that never fires on this data (181 of EfficientNet-Lite0's
 # 1,280 on the digits), would be multiplied by up to 1/sqrt(1e-7): the first image or fine-tuning

@@ -27,9 +27,9 @@ import tensorflow as tf
 
 from export.contract import DECODE_SCOPE
 from export.model.backbones import BackboneConfig
+from export.model.names import DEFAULT_MAX_PIXELS
 
 PREPROCESSING_VERSION = "1"
-DEFAULT_MAX_PIXELS = 40_000_000
 RESIZE_METHOD = "bilinear"
 
 # mode -> (description, function on float32 RGB in [0, 255])
@@ -171,6 +171,11 @@ class Preprocessor:
 
     backbone: BackboneConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def of(cls, flags) -> Preprocessor:
+        """From a stage's flat config (the backbone fields and max_pixels), as BackboneConfig.of."""
+        return cls(BackboneConfig.of(flags), flags.max_pixels)
 
     @property
     def image_size(self) -> int:

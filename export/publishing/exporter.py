@@ -10,42 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
-from export.cliargs import opt
 from export.contract import CLASSIFICATION, EMBEDDING, INPUT_KEY, SERVING_DEFAULT
 from export.data.dataset import TRAIN, VALIDATION
 from export.experiments.report import train_and_report
-from export.model.backbones import feature_dim
-from export.model.preprocessing import EagerPreprocessor
+from export.model.backbones import BackboneConfig, feature_dim
+from export.model.preprocessing import EagerPreprocessor, Preprocessor
 from export.publishing import savedmodel
+from export.publishing.config import ExportConfig
 from export.publishing.gate import GateError, GateReport, run_gate
 from export.publishing.imagenet_head import imagenet_result
 from export.publishing.publish import publish
-from export.training.config import QualityBarError, TrainConfig, TrainResult
+from export.training.config import QualityBarError
 from export.training.evaluation import check_min_accuracy, quality_accuracy
 from export.training.runs import library_versions
+from export.training.train import TrainResult
 
 log = logging.getLogger(__name__)
 MODEL_FIELDS = ("backbone", "weights", "image_size", "feature_layer", "alpha", "max_pixels")
-
-
-@dataclass(frozen=True)
-class ExportConfig(TrainConfig):
-    model_name: str = opt("classifier", "model name (TF Serving's --model_name)")
-    model_base_path: str | None = opt(None, "versions go in <this>/<N>/; default models/<name>")
-    version: int | None = opt(None, "publish exactly this version; an existing one is an error")
-    top_k: int = opt(5, "labels/top_scores width of serving_default")
-    warmup_images: int = opt(5, "validation images replayed as TF Serving warmup requests")
-    gate_images: int = opt(32, "validation images the gate queries the loaded model with")
-    parity_tolerance: float = opt(1e-5, "max |scores(SavedModel) - scores(Keras)| to publish")
-    imagenet_head: bool = opt(
-        False,
-        "publish the pretrained ImageNet classifier (efficientnet_lite0) untrained; "
-        "--data, if given, only supplies gate/warmup images",
-    )
-
-    @property
-    def base_path(self) -> Path:
-        return Path(self.model_base_path or Path("models") / self.model_name)
 
 
 @dataclass
@@ -84,7 +65,7 @@ def _fine_tune_card(fine_tune: dict | None) -> dict | None:
 
 
 def model_card(config: ExportConfig, result: TrainResult) -> dict:
-    backbone = config.backbone_config()
+    backbone = BackboneConfig.of(config)
     return {
         "model_name": config.model_name,
         "version": None,  # set when the version number is known
@@ -94,7 +75,7 @@ def model_card(config: ExportConfig, result: TrainResult) -> dict:
             "feature_dim": feature_dim(result.extractor),
             "input_size": backbone.input_size,
         },
-        "preprocessing": config.preprocessor().describe(),
+        "preprocessing": Preprocessor.of(config).describe(),
         "head": {
             "kind": "imagenet (pretrained classifier)" if config.imagenet_head else config.head,
             "hidden_units": config.hidden_units,
@@ -149,7 +130,7 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
         config, **{name: getattr(result.config, name) for name in MODEL_FIELDS}
     )
     images = _check_images(result, max(config.gate_images, config.warmup_images))
-    preprocess = EagerPreprocessor(config.preprocessor())
+    preprocess = EagerPreprocessor(Preprocessor.of(config))
     batch = np.stack([preprocess(i)[0] for i in images])
     # The in-memory model run as a graph (tf.function): the same graph optimisations the
     # SavedModel gets, so parity measures the export, not eager-vs-graph kernel rounding
@@ -168,7 +149,7 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
                 directory,
                 result.classifier,
                 result.extractor,
-                config.preprocessor(),
+                Preprocessor.of(config),
                 result.labels,
                 config.top_k,
             )

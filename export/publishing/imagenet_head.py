@@ -14,11 +14,12 @@ from pathlib import Path
 
 from export.contract import IMAGE_EXTENSIONS
 from export.data.dataset import SPLITS, TRAIN
-from export.model.backbones import build_feature_extractor
+from export.model.backbones import BackboneConfig, build_feature_extractor
 from export.pretrained.efficientnet_lite import build_imagenet_head
 from export.pretrained.imagenet import imagenet_labels
-from export.training.config import TrainConfig, TrainResult
+from export.training.config import TrainConfig
 from export.training.runs import library_versions
+from export.training.train import TrainResult
 
 log = logging.getLogger(__name__)
 PRETRAINED_BACKBONE = "efficientnet_lite0"
@@ -65,7 +66,7 @@ def imagenet_result(config: TrainConfig) -> TrainResult:
     )
     if config.weights != "imagenet":
         raise ValueError("--imagenet-head needs --weights imagenet: it is the pretrained model")
-    extractor = build_feature_extractor(config.backbone_config())
+    extractor = build_feature_extractor(BackboneConfig.of(config))
     head = build_imagenet_head(config.weights)
     labels = list(imagenet_labels())
     images = _images_under(config.data)

@@ -1,18 +1,16 @@
-"""A training run's typed config (its fields are xfer-train's flags) and its result."""
+"""A training run's typed config: its fields are xfer-train's flags, its defaults the defaults.
+
+No TensorFlow here: `xfer-train --help` reads this module. The result of a run, `TrainResult`, is
+in export/training/train.py next to `train()`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-import keras
 
 from export.cliargs import opt
 from export.data.dataset import SplitConfig
-from export.features.sources import InMemoryFeatures, TFRecordFeatures
-from export.model.backbones import BackboneConfig, build_feature_extractor
-from export.model.heads import HEADS, OPTIMIZERS, build_classifier
-from export.model.preprocessing import DEFAULT_MAX_PIXELS, Preprocessor
+from export.model.names import DEFAULT_MAX_PIXELS, Head, Optimizer
 
 
 class QualityBarError(RuntimeError):
@@ -29,11 +27,11 @@ class TrainConfig:
     image_size: int | None = opt(None, "backbone input size; default: the registry's")
     feature_layer: str | None = opt(None, "cut the backbone at this layer (e.g. mixed7)")
     alpha: float = opt(1.0, "mobilenet_v2 width multiplier")
-    head: str = opt("softmax", "softmax or mlp", choices=HEADS)
+    head: Head = opt("softmax", "softmax or mlp")
     hidden_units: int = opt(256, "units of the mlp head's hidden layer")
     dropout: float = opt(0.2, "dropout rate before the head's dense layers")
     l2: float = opt(0.0, "L2 weight penalty on the head's dense layers")
-    optimizer: str = opt("adam", "adam, sgd (momentum 0.9) or rmsprop", choices=OPTIMIZERS)
+    optimizer: Optimizer = opt("adam", "adam, sgd (momentum 0.9) or rmsprop")
     learning_rate: float = opt(1e-3, "learning rate")
     batch_size: int = opt(32, "batch size, for features and for training")
     epochs: int = opt(20, "maximum epochs")
@@ -62,33 +60,5 @@ class TrainConfig:
     augment_zoom: float = opt(0.2, "augmentation: max zoom in/out per axis (fraction); 0 off")
     augment_flip: bool = opt(True, "augmentation: random horizontal flips")
 
-    def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig.of(self)
-
     def split_config(self) -> SplitConfig:
         return SplitConfig(self.validation_percent, self.test_percent)
-
-    def preprocessor(self) -> Preprocessor:
-        return Preprocessor(self.backbone_config(), self.max_pixels)
-
-
-@dataclass
-class TrainResult:
-    config: TrainConfig
-    run_dir: Path
-    labels: list[str]
-    head: keras.Model
-    source: InMemoryFeatures | TFRecordFeatures
-    metrics: dict
-    _extractor: keras.Model | None = None
-
-    @property
-    def extractor(self) -> keras.Model:
-        """The backbone; built on first use (training from bottlenecks does not need it)."""
-        if self._extractor is None:
-            self._extractor = build_feature_extractor(self.config.backbone_config())
-        return self._extractor
-
-    @property
-    def classifier(self) -> keras.Model:
-        return build_classifier(self.extractor, self.head)

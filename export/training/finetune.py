@@ -21,8 +21,10 @@ Batch normalisation stays in inference mode in two ways, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ import tensorflow as tf
 
 from export import fsutil
 from export.data.dataset import SPLITS, TRAIN, VALIDATION
-from export.model.backbones import build_feature_extractor
+from export.model.backbones import BackboneConfig, build_feature_extractor
 from export.model.heads import build_classifier
 from export.model.preprocessing import Preprocessor
 from export.plots import plot_curves
@@ -186,7 +188,7 @@ class FineTuner:
             )
         augment = AugmentConfig.of(config)
         if extractor is None:  # trained from bottlenecks: the Beam job's backbone, rebuilt
-            extractor = build_feature_extractor(config.backbone_config())
+            extractor = build_feature_extractor(BackboneConfig.of(config))
         try:
             start = resolve_layer(extractor, config.fine_tune_from, config.backbone)
         except ValueError as exc:
@@ -204,7 +206,7 @@ class FineTuner:
         fine-tuned classifier). `self.metrics` then holds metrics.json's "fine_tune" entry."""
         config = self.config
         head.save(run_dir / HEAD_ONLY_FILE)
-        images = ImageSource.of(source, config.preprocessor())
+        images = ImageSource.of(source, Preprocessor.of(config))
         trainable = unfreeze_from(self.extractor, self.start)
         head.trainable = True
         model = fine_tune_model(self.extractor, head)
@@ -228,7 +230,8 @@ class FineTuner:
             config.fine_tune_learning_rate,
         )
         started = time.perf_counter()
-        with warnings.catch_warnings():
+        # Keras prints its epoch lines on stdout, which is for results.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             # Skipping undecodable files leaves the epoch length unknown until the first epoch
             # ends; Keras then warns that the input "ran out of data", which is expected here.
             warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,9 +19,10 @@ from export.data.dataset import SPLITS, TRAIN, VALIDATION, DatasetError, scan
 from export.features.extraction import FeatureTable, compute_features
 from export.features.sources import InMemoryFeatures, TFRecordFeatures, content_hash
 from export.model.backbones import BackboneConfig, build_feature_extractor
-from export.model.heads import build_head, build_optimizer
+from export.model.heads import build_classifier, build_head, build_optimizer
+from export.model.preprocessing import Preprocessor
 from export.plots import plot_curves
-from export.training.config import TrainConfig, TrainResult
+from export.training.config import TrainConfig
 from export.training.evaluation import (
     batches,
     check_min_accuracy,
@@ -39,6 +42,28 @@ from export.training.stopping import (
 
 log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 50_000  # a full shuffle for datasets up to this size, a window beyond
+
+
+@dataclasses.dataclass
+class TrainResult:
+    config: TrainConfig
+    run_dir: Path
+    labels: list[str]
+    head: keras.Model
+    source: InMemoryFeatures | TFRecordFeatures
+    metrics: dict
+    _extractor: keras.Model | None = None
+
+    @property
+    def extractor(self) -> keras.Model:
+        """The backbone; built on first use (training from bottlenecks does not need it)."""
+        if self._extractor is None:
+            self._extractor = build_feature_extractor(BackboneConfig.of(self.config))
+        return self._extractor
+
+    @property
+    def classifier(self) -> keras.Model:
+        return build_classifier(self.extractor, self.head)
 
 
 def train_moments(source, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
@@ -102,24 +127,25 @@ def fit_head(config: TrainConfig, source, mean, variance):
         )
     callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
     started = time.perf_counter()
-    history = head.fit(
-        train_ds,
-        validation_data=validation if has_validation else None,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # train_ds is shuffled above, with the seed
-        verbose=2 if config.progress else 0,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # Keras prints its epoch lines on stdout
+        history = head.fit(
+            train_ds,
+            validation_data=validation if has_validation else None,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # train_ds is shuffled above, with the seed
+            verbose=2 if config.progress else 0,
+        )
     return head, history.history, time.perf_counter() - started
 
 
 def extract_features(config: TrainConfig, examples) -> tuple[FeatureTable, keras.Model]:
     """The config's backbone over `examples`, through its preprocessing contract."""
-    extractor = build_feature_extractor(config.backbone_config())
+    extractor = build_feature_extractor(BackboneConfig.of(config))
     table = compute_features(
         examples,
         extractor,
-        config.preprocessor(),
+        Preprocessor.of(config),
         batch_size=config.batch_size,
         progress=config.progress,
     )

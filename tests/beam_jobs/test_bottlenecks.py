@@ -338,3 +338,16 @@ def test_metadata_sums_the_stats_a_removed_copy_cancelled():
     assert [d["kept"] for d in meta["duplicates"]] == ["a", "b"] and meta["leakage"] == [leak]
     assert meta["shards"] == ["features-0.gz", "features-1.gz"]
     assert meta["error_files"] == ["errors-0.jsonl"] and meta["backbone"] == "tiny"
+
+
+def test_the_flags_build_the_configs_with_their_own_defaults():
+    """beam_jobs/flags.py (read by --help) and the jobs' configs agree on names and defaults."""
+    import dataclasses
+
+    from beam_jobs import predict
+    from beam_jobs.flags import BottleneckFlags, PredictFlags
+
+    flags = dataclasses.asdict(BottleneckFlags(input="i", output="o"))
+    assert bottlenecks.BottleneckConfig(**flags) == bottlenecks.BottleneckConfig("i", "o")
+    flags = dataclasses.asdict(PredictFlags(input="i", model_dir="m", output="o"))
+    assert predict.PredictConfig(**flags) == predict.PredictConfig("i", "m", "o")

@@ -6,7 +6,8 @@ import tensorflow as tf
 from testconfig import TINY
 
 from export.data.dataset import TEST, TRAIN, VALIDATION
-from export.model.preprocessing import NORMALIZATIONS, EagerPreprocessor
+from export.model.backbones import BackboneConfig
+from export.model.preprocessing import NORMALIZATIONS, EagerPreprocessor, Preprocessor
 from export.training.augment import (
     AugmentConfig,
     augment_copies,
@@ -181,10 +182,10 @@ def images(shapes_root):
 
     config = TrainConfig(data=str(shapes_root), **TINY)
     dataset = scan(shapes_root)
-    preprocessor = config.preprocessor()
+    preprocessor = Preprocessor.of(config)
     table = compute_features(
         dataset.examples,
-        build_feature_extractor(config.backbone_config()),
+        build_feature_extractor(BackboneConfig.of(config)),
         preprocessor,
         progress=False,
     )

@@ -6,7 +6,8 @@ import pytest
 from testconfig import TINY
 
 from export.cli.compare import main
-from export.experiments.compare_entries import EntrySyntaxError, entry_config, parse_entries
+from export.experiments.compare import entry_config
+from export.experiments.compare_entries import EntrySyntaxError, parse_entries
 from export.training.config import TrainConfig
 
 SECOND = "tiny@image_size=48,learning_rate=0.003"

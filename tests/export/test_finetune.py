@@ -11,7 +11,7 @@ from testconfig import TINY
 from export.data.dataset import SPLITS, TEST, TRAIN, VALIDATION
 from export.model.backbones import BackboneConfig, build_feature_extractor
 from export.model.heads import build_classifier
-from export.model.preprocessing import EagerPreprocessor
+from export.model.preprocessing import EagerPreprocessor, Preprocessor
 from export.training.config import TrainConfig
 from export.training.runs import BACKBONE_WEIGHTS_FILE, HEAD_ONLY_FILE, load_run_classifier
 from export.training.train import train
@@ -55,7 +55,7 @@ def tuned(shapes_root, tmp_path_factory):
 
 def original_backbone(config: TrainConfig) -> keras.Model:
     """The backbone before fine-tuning: weights "none" are seeded, identical in every build."""
-    return build_feature_extractor(config.backbone_config())
+    return build_feature_extractor(BackboneConfig.of(config))
 
 
 def head_only_classifier(result) -> keras.Model:
@@ -94,7 +94,7 @@ def test_metrics_record_both_phases_and_the_run_dir_can_rebuild_the_model(tuned)
 
     classifier, extractor, head, config, labels = load_run_classifier(tuned.run_dir)
     assert labels == tuned.labels and config["fine_tune_from"] == "conv2"
-    x = batch_of(tuned.source.uris(VALIDATION, 8), tuned.config.preprocessor())
+    x = batch_of(tuned.source.uris(VALIDATION, 8), Preprocessor.of(tuned.config))
     expected = np.asarray(tuned.classifier(x, training=False))
     np.testing.assert_allclose(np.asarray(classifier(x, training=False)), expected, atol=1e-6)
     assert np.abs(np.asarray(head_only_classifier(tuned)(x)) - expected).max() > 1e-3
@@ -117,7 +117,7 @@ def test_fine_tuned_model_is_what_export_publishes_through_the_gate(tuned, shape
     contents = [Path(uri).read_bytes() for uri in uris]
     serving = tf.saved_model.load(str(exported.path)).signatures["serving_default"]
     published = serving(image_bytes=tf.constant(contents))["scores"].numpy()
-    x = batch_of(uris, tuned.config.preprocessor())
+    x = batch_of(uris, Preprocessor.of(tuned.config))
     np.testing.assert_allclose(published, np.asarray(tuned.classifier(x)), atol=1e-5)
     head_only = np.asarray(head_only_classifier(tuned)(x))
     assert np.abs(published - head_only).max() > 1e-3, "the head-only model was published"
@@ -215,15 +215,15 @@ def test_from_bottlenecks_a_block_prefix_keeps_earlier_layers_and_batch_norm_fro
             "fine_tune_epochs": 1,
         },
     )
-    original = build_feature_extractor(config.backbone_config())
+    original = build_feature_extractor(BackboneConfig.of(config))
     before = weights_by_layer(original)
     dataset = scan(root)
     table = compute_features(
-        dataset.examples, original, config.preprocessor(), batch_size=64, progress=False
+        dataset.examples, original, Preprocessor.of(config), batch_size=64, progress=False
     )
     source = InMemoryFeatures(table, dataset.labels, table.skipped)
     prefix = tmp_path / "bottlenecks"
-    backbone, preprocessor = config.backbone_config(), config.preprocessor()
+    backbone, preprocessor = BackboneConfig.of(config), Preprocessor.of(config)
     write_bottlenecks(prefix, source, backbone, preprocessor, root, splits=(TRAIN, TEST))
     records = TFRecordFeatures(str(prefix))
     for split in (TRAIN, TEST):  # each image once, although training images have two records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from serving.cli import main
 from serving.config import (
     ConfigError,
     VersionPolicy,
@@ -13,7 +14,6 @@ from serving.config import (
     parse_flags,
     resolve,
 )
-from serving.server import main
 from serving.versions import aspired_versions, version_dirs
 
 MODELS = """model_config_list {

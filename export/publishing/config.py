@@ -1,0 +1,32 @@
+"""xfer-export's typed config: TrainConfig's fields plus the publishing ones; they are its flags.
+
+No TensorFlow here: `xfer-export --help` reads this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.cliargs import opt
+from export.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class ExportConfig(TrainConfig):
+    model_name: str = opt("classifier", "model name (TF Serving's --model_name)")
+    model_base_path: str | None = opt(None, "versions go in <this>/<N>/; default models/<name>")
+    version: int | None = opt(None, "publish exactly this version; an existing one is an error")
+    top_k: int = opt(5, "labels/top_scores width of serving_default")
+    warmup_images: int = opt(5, "validation images replayed as TF Serving warmup requests")
+    gate_images: int = opt(32, "validation images the gate queries the loaded model with")
+    parity_tolerance: float = opt(1e-5, "max |scores(SavedModel) - scores(Keras)| to publish")
+    imagenet_head: bool = opt(
+        False,
+        "publish the pretrained ImageNet classifier (efficientnet_lite0) untrained; "
+        "--data, if given, only supplies gate/warmup images",
+    )
+
+    @property
+    def base_path(self) -> Path:
+        return Path(self.model_base_path or Path("models") / self.model_name)
