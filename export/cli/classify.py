@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(line)
         elif args.json:
-            print(json.dumps({"uri": uri, "top5": top}))
+            # `labels` and `scores` as in xfer-score's rows, beside the original `top5`
+            labels, scores = [n for n, _ in top], [s for _, s in top]
+            print(json.dumps({"uri": uri, "top5": top, "labels": labels, "scores": scores}))
         else:
             print(uri)
             for name, score in top:

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             x, y = explanation.peak
             row = {
                 "image": image,
+                "uri": image,  # the name every other command's rows use
                 "label": model.labels[predicted],
                 "score": round(float(explanation.probabilities[predicted]), 6),
                 "explained": model.labels[explanation.class_id],
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         failed += 1
         print(f"xfer-explain: {image}: {reason}", file=sys.stderr, flush=True)
-        lines.append(json.dumps({"image": image, "error": reason}))
+        lines.append(json.dumps({"image": image, "uri": image, "error": reason}))
         print(lines[-1], flush=True)
     fsutil.atomic_write_text(output / "explain.jsonl", "\n".join(lines) + "\n")
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -83,17 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             order = scores.argsort()[::-1][:k]
             top = [[labels[i], round(float(scores[i]), 6)] for i in order]
             if args.json:
-                print(
-                    json.dumps(
-                        {
-                            "uri": image,
-                            "version": int(version_dir.name)
-                            if version_dir.name.isdigit()
-                            else None,
-                            "top": top,
-                        }
-                    )
-                )
+                number = int(version_dir.name) if version_dir.name.isdigit() else None
+                # `labels`, `scores`, `model_version` as in xfer-score's rows; `top` and
+                # `version` kept for the scripts that read them.
+                row = {"uri": image, "version": number, "top": top}
+                row.update(labels=[n for n, _ in top], scores=[s for _, s in top])
+                print(json.dumps({**row, "model_version": number}))
             else:
                 print(f"{image}: " + ", ".join(f"{name} {score:.4f}" for name, score in top))
             continue

@@ -346,6 +346,8 @@ def test_classify_cli_json_bad_files_get_error_lines_others_classified(
     assert [row["uri"] for row in rows] == uris
     assert rows[0]["top5"][0][0] == "military uniform"
     assert len(rows[0]["top5"]) == 5 and len(rows[3]["top5"]) == 5
+    assert rows[0]["labels"] == [name for name, _ in rows[0]["top5"]]  # xfer-score's names
+    assert rows[0]["scores"] == [score for _, score in rows[0]["top5"]]
     scores = [score for _, score in rows[0]["top5"]]
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
     assert rows[1]["error"] == (

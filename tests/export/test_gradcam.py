@@ -106,7 +106,7 @@ def test_cli_overlays_json_lines_and_bad_files(run_dir, tmp_path, capsys):
     assert main([*args, *map(str, images)]) == EXIT_SOME_FAILED
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [r["image"] for r in rows] == list(map(str, images))
+    assert [r["image"] for r in rows] == [r["uri"] for r in rows] == list(map(str, images))
     assert f"{images[1]}: not a decodable image: unknown format" in err
     assert f"{images[2]}: unreadable: No such file or directory" in err
     assert "error" in rows[1] and "error" in rows[2]

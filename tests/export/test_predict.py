@@ -59,6 +59,10 @@ def test_predict_bad_image_gets_an_error_line_others_still_predicted(exported, t
         str(paths["green"]),
     ]
     assert rows[0]["top"][0][0] == "red" and len(rows[0]["top"]) == 2
+    # the names xfer-score's rows use, beside the original ones
+    assert rows[0]["labels"] == [name for name, _ in rows[0]["top"]]
+    assert rows[0]["scores"] == [score for _, score in rows[0]["top"]]
+    assert rows[0]["model_version"] == rows[0]["version"] == int(exported.path.name)
     assert rows[1]["error"].startswith("not a decodable image: Invalid JPEG data")
     assert rows[2]["error"] == "unreadable: No such file or directory"
     assert rows[3]["top"][0][0] == "green"
