@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from contract_options import add_options
+from imagegen import write_shapes_dataset  # helper modules: pyproject's pythonpath
+from testconfig import FAST_TRAINING, TINY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).parent))
-
-from imagegen import write_shapes_dataset  # noqa: E402
-from testconfig import FAST_TRAINING, TINY  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +58,8 @@ def exported(export_config, trained):
 
 
 def pytest_addoption(parser):
-    """The contract suite's flags, accepted by every pytest invocation."""
-    sys.path.insert(0, str(Path(__file__).parent / "contract"))
-    from contract_options import add_options
-
+    """The contract suite's flags, accepted by every pytest invocation (registered here, in the
+    conftest every run loads first, so that `pytest --grpc-target ...` works from anywhere)."""
     add_options(parser)
 
 
