@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from contract_options import add_options
 from imagegen import write_shapes_dataset  # helper modules: pyproject's pythonpath
-from testconfig import FAST_TRAINING, TINY
+from testconfig import FAST_TRAINING, TINY, bottleneck_args
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,6 +20,17 @@ def shapes_root(tmp_path_factory) -> Path:
     (root / "red" / "notes.txt").write_text("not an image")
     (root / "blue" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     return root
+
+
+@pytest.fixture(scope="session")
+def bottlenecks_dir(shapes_root, tmp_path_factory) -> Path:
+    """The Beam job's output for the shared shapes dataset, 2 shards (DirectRunner): read by the
+    Beam job's tests and by xfer-fewshot's."""
+    from beam_jobs.bottlenecks import run
+
+    out = tmp_path_factory.mktemp("bottlenecks")
+    run(bottleneck_args(shapes_root, out, "--num_shards", "2"))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -88,9 +88,9 @@ def serving(port: int) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_server_killed_and_restarted_mid_run(client_model_base, many_images, tmp_path):
+def test_server_killed_and_restarted_mid_run(served_base, many_images, tmp_path):
     port = free_port()
-    server = start_server_process(port, client_model_base, tmp_path / "server.log")
+    server = start_server_process(port, served_base, tmp_path / "server.log")
     client = None
     try:
         wait_for(lambda: serving(port), timeout=120, what="the server subprocess")
@@ -125,7 +125,7 @@ def test_server_killed_and_restarted_mid_run(client_model_base, many_images, tmp
         server.wait()
         at_crash = count_lines(out)
         assert at_crash < 600, "the server must die mid-run"
-        server = start_server_process(port, client_model_base, tmp_path / "server.log")
+        server = start_server_process(port, served_base, tmp_path / "server.log")
         assert client.wait(timeout=400) == 0, (tmp_path / "client.log").read_text()[-3000:]
     finally:
         for process in (client, server):
