@@ -20,8 +20,6 @@ from testconfig import MODEL
 from client.config import ScoreConfig
 from client.scorer import run
 
-pytestmark = pytest.mark.slow
-
 
 def rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -31,6 +29,7 @@ def all_uris(root: Path) -> set[str]:
     return {str(p) for p in root.rglob("copy_*")}
 
 
+@pytest.mark.slow  # `python -m client` / `python -m serving` subprocesses
 def test_sigkill_then_resume_gives_every_input_exactly_once(target, many_images, tmp_path):
     out = tmp_path / "killed.jsonl"
     args = [str(many_images), "--target", target, "--model-name", MODEL, "--output", str(out),
@@ -88,6 +87,7 @@ def serving(port: int) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow  # `python -m client` / `python -m serving` subprocesses
 def test_server_killed_and_restarted_mid_run(served_base, many_images, tmp_path):
     port = free_port()
     server = start_server_process(port, served_base, tmp_path / "server.log")
