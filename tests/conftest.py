@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from contract_options import add_options
+from imagegen import write_shapes_dataset  # helper modules: pyproject's pythonpath
+from testconfig import FAST_TRAINING, TINY, bottleneck_args
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).parent))
-
-from imagegen import write_shapes_dataset  # noqa: E402
-from testconfig import FAST_TRAINING, TINY  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +20,17 @@ def shapes_root(tmp_path_factory) -> Path:
     (root / "red" / "notes.txt").write_text("not an image")
     (root / "blue" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     return root
+
+
+@pytest.fixture(scope="session")
+def bottlenecks_dir(shapes_root, tmp_path_factory) -> Path:
+    """The Beam job's output for the shared shapes dataset, 2 shards (DirectRunner): read by the
+    Beam job's tests and by xfer-fewshot's."""
+    from beam_jobs.bottlenecks import run
+
+    out = tmp_path_factory.mktemp("bottlenecks")
+    run(bottleneck_args(shapes_root, out, "--num_shards", "2"))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +69,8 @@ def exported(export_config, trained):
 
 
 def pytest_addoption(parser):
-    """The contract suite's flags, accepted by every pytest invocation."""
-    sys.path.insert(0, str(Path(__file__).parent / "contract"))
-    from contract_options import add_options
-
+    """The contract suite's flags, accepted by every pytest invocation (registered here, in the
+    conftest every run loads first, so that `pytest --grpc-target ...` works from anywhere)."""
     add_options(parser)
 
 

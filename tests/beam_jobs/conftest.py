@@ -1,19 +1,8 @@
 import shutil
 
 import pytest
-from testconfig import bottleneck_args
 
 from export.data.dataset import assign_split
-
-
-@pytest.fixture(scope="session")
-def bottlenecks_dir(shapes_root, tmp_path_factory):
-    """The Beam job's output for the shared shapes dataset (DirectRunner, in memory)."""
-    from beam_jobs.bottlenecks import run
-
-    out = tmp_path_factory.mktemp("bottlenecks")
-    run(bottleneck_args(shapes_root, out, "--num_shards", "2"))
-    return out
 
 
 def names_in_two_splits(prefix: str) -> tuple[str, str]:

@@ -185,6 +185,22 @@ def test_list_input_with_labels_and_missing_files(shapes_root, tmp_path):
     assert errors[str(blue[0])].startswith("not a decodable image")
 
 
+def dofn_classes(pipeline) -> list[str]:
+    """`module.Class` of every ParDo's DoFn, in graph order."""
+    from apache_beam.pipeline import PipelineVisitor
+
+    found = []
+
+    class Visitor(PipelineVisitor):
+        def visit_transform(self, node):
+            if isinstance(node.transform, beam.ParDo):
+                fn = type(node.transform.fn)
+                found.append(f"{fn.__module__}.{fn.__qualname__}")
+
+    pipeline.visit(Visitor())
+    return found
+
+
 def test_pipeline_builds_and_pickles_with_dataflow_gpu_options(shapes_root, tmp_path):
     """The graph constructs and every transform pickles as Dataflow would need (no submission)."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -229,8 +245,14 @@ def test_pipeline_builds_and_pickles_with_dataflow_gpu_options(shapes_root, tmp_
         "Publish",
         "WriteMetadata",
     } <= {n.split("/")[0] for n in names}
+    # What a worker does with the submitted graph: every DoFn unpickles as itself, the job's own
+    # among them, and the rebuilt graph serializes to the same transforms.
     rebuilt = beam.Pipeline.from_runner_api(proto, pipeline.runner, options)
-    assert rebuilt is not None
+    job_dofns = dofn_classes(pipeline)
+    assert any(name.startswith("beam_jobs.") for name in job_dofns), job_dofns
+    assert dofn_classes(rebuilt) == job_dofns
+    again = rebuilt.to_runner_api().components.transforms.values()
+    assert {t.unique_name for t in again} == names
     info = bottlenecks.job_info(config, options)
     assert info["job_options"]["pipeline"]["dataflow_service_options"] == [
         "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"

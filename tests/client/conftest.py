@@ -11,24 +11,13 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def client_model_base(served_base) -> Path:
-    return served_base
+def target(two_version_server) -> str:
+    return f"127.0.0.1:{two_version_server.grpc_port}"
 
 
 @pytest.fixture(scope="session")
-def client_server(two_version_server):
-    """Versions 1 and 2 (labels stable=1, canary=2); gRPC and REST on free ports; no batching."""
-    return two_version_server
-
-
-@pytest.fixture(scope="session")
-def target(client_server) -> str:
-    return f"127.0.0.1:{client_server.grpc_port}"
-
-
-@pytest.fixture(scope="session")
-def rest_target(client_server) -> str:
-    return f"127.0.0.1:{client_server.rest_port}"
+def rest_target(two_version_server) -> str:
+    return f"127.0.0.1:{two_version_server.rest_port}"
 
 
 @pytest.fixture(scope="session")

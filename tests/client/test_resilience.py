@@ -20,8 +20,6 @@ from testconfig import MODEL
 from client.config import ScoreConfig
 from client.scorer import run
 
-pytestmark = pytest.mark.slow
-
 
 def rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -31,6 +29,7 @@ def all_uris(root: Path) -> set[str]:
     return {str(p) for p in root.rglob("copy_*")}
 
 
+@pytest.mark.slow  # `python -m client` / `python -m serving` subprocesses
 def test_sigkill_then_resume_gives_every_input_exactly_once(target, many_images, tmp_path):
     out = tmp_path / "killed.jsonl"
     args = [str(many_images), "--target", target, "--model-name", MODEL, "--output", str(out),
@@ -88,9 +87,10 @@ def serving(port: int) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_server_killed_and_restarted_mid_run(client_model_base, many_images, tmp_path):
+@pytest.mark.slow  # `python -m client` / `python -m serving` subprocesses
+def test_server_killed_and_restarted_mid_run(served_base, many_images, tmp_path):
     port = free_port()
-    server = start_server_process(port, client_model_base, tmp_path / "server.log")
+    server = start_server_process(port, served_base, tmp_path / "server.log")
     client = None
     try:
         wait_for(lambda: serving(port), timeout=120, what="the server subprocess")
@@ -125,7 +125,7 @@ def test_server_killed_and_restarted_mid_run(client_model_base, many_images, tmp
         server.wait()
         at_crash = count_lines(out)
         assert at_crash < 600, "the server must die mid-run"
-        server = start_server_process(port, client_model_base, tmp_path / "server.log")
+        server = start_server_process(port, served_base, tmp_path / "server.log")
         assert client.wait(timeout=400) == 0, (tmp_path / "client.log").read_text()[-3000:]
     finally:
         for process in (client, server):

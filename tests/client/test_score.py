@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -262,5 +261,9 @@ def test_tfrecord_input(target, good_images, tmp_path):
         )
         == 0
     )
-    assert sorted(r["uri"] for r in rows_of(out)) == sorted(map(str, good_images[:6]))
-    assert os.path.getsize(out) > 0
+    rows = rows_of(out)
+    assert sorted(r["uri"] for r in rows) == sorted(map(str, good_images[:6]))
+    # Each record's image was scored: a full row, as for an image file.
+    for row in rows:
+        assert set(row) == {"uri", "labels", "scores", "model_version"}, row
+        assert set(row["labels"]) == CLASSES and row["model_version"] == 2

@@ -1,7 +1,7 @@
 """The contract suite's target: a server given on the command line, or a local one started here.
 
-Options (each with an environment variable, which is what works when this conftest is not an
-initial one, e.g. under a bare `pytest` from the repository root):
+Options (registered by tests/conftest.py for every pytest invocation; each also read from an
+environment variable):
 
   --grpc-target host:port       XFER_CONTRACT_GRPC
   --rest-target http://h:port   XFER_CONTRACT_REST
@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from contract_options import add_options, option
+from contract_options import option
 from contract_support import (
     TIMEOUT,
     Target,
@@ -37,11 +37,7 @@ from contract_support import (
 from contract_support import (
     metadata_request as metadata_request_for,
 )
-from servertools import LABELS as LOCAL_VERSION_LABELS  # noqa: E402  (the shared server's)
-
-
-def pytest_addoption(parser):
-    add_options(parser)
+from servertools import LABELS as LOCAL_VERSION_LABELS  # the shared server's
 
 
 def _class_labels(text: str | None) -> list[str] | None:
@@ -55,7 +51,7 @@ def _class_labels(text: str | None) -> list[str] | None:
 
 def _generated_samples(directory: Path) -> Path:
     """A JPEG and a PNG any image model can score (no class folders: labels from the model)."""
-    from imagegen import encode, square_image  # tests/ is on sys.path (tests/conftest.py)
+    from imagegen import encode, square_image
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

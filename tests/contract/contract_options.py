@@ -1,12 +1,11 @@
 """The contract suite's options; each also read from an environment variable.
 
-Registered by tests/contract/conftest.py (effective when tests/contract is on the command line)
-and safe to register again from tests/conftest.py (effective for every pytest invocation).
+Registered once, by tests/conftest.py: the conftest every pytest invocation loads before it
+parses the command line, so the options work with `pytest tests/contract` and a bare `pytest`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 OPTIONS = [
@@ -23,9 +22,7 @@ OPTIONS = [
 def add_options(parser) -> None:
     group = parser.getgroup("xfer-contract", "TF Serving contract suite (tests/contract)")
     for flag, env, text in OPTIONS:
-        # already registered when both tests/conftest.py and tests/contract/conftest.py do it
-        with contextlib.suppress(ValueError):
-            group.addoption(flag, default=None, help=f"{text} [env {env}]")
+        group.addoption(flag, default=None, help=f"{text} [env {env}]")
 
 
 def option(config, flag: str) -> str | None:

@@ -69,19 +69,9 @@ def test_csv_markdown_and_png(from_images):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-@pytest.fixture(scope="module")
-def bottlenecks(shapes_root, tmp_path_factory):
-    """The Beam job's output for the same images."""
-    from beam_jobs.bottlenecks import run
-
-    prefix = tmp_path_factory.mktemp("fewshot-bottlenecks")
-    backbone = ["--backbone", TINY["backbone"], "--weights", TINY["weights"]]
-    run(["--input", str(shapes_root), "--output", str(prefix), "--num_shards", "2", *backbone])
-    return prefix
-
-
-def test_bottlenecks_give_the_same_draws_and_accuracies(from_images, bottlenecks, tmp_path):
-    assert _run(tmp_path, "--bottlenecks", str(bottlenecks), shots=(1, 5), repeats=2) == 0
+def test_bottlenecks_give_the_same_draws_and_accuracies(from_images, bottlenecks_dir, tmp_path):
+    """The Beam job's output for the same images (tests/conftest.py) gives the same protocol."""
+    assert _run(tmp_path, "--bottlenecks", str(bottlenecks_dir), shots=(1, 5), repeats=2) == 0
     report = json.loads((tmp_path / "fewshot.json").read_text())
     _, reference = from_images
     assert report["backbone"]["name"] == "tiny" and report["images"] == reference["images"]
@@ -91,8 +81,8 @@ def test_bottlenecks_give_the_same_draws_and_accuracies(from_images, bottlenecks
         assert mine["accuracies"] == pytest.approx(theirs["accuracies"][:2], abs=0.02)
 
 
-def test_classes_with_too_few_images_skip_that_n(bottlenecks, tmp_path, caplog):
-    source = ["--bottlenecks", str(bottlenecks)]
+def test_classes_with_too_few_images_skip_that_n(bottlenecks_dir, tmp_path, caplog):
+    source = ["--bottlenecks", str(bottlenecks_dir)]
     assert _run(tmp_path / "a", *source, shots=(1, 40), repeats=1) == 1
     assert "40-shot skipped: these classes have <= 40 images" in caplog.text
     assert "blue (40), green (40), red (40)" in caplog.text

@@ -77,12 +77,6 @@ def test_confusion_and_curves_pngs(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
 
 
-def test_train_uses_the_moved_plot_curves():
-    from export.training import train
-
-    assert train.plot_curves is plots.plot_curves
-
-
 def _grey_images(n, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(100, 156, (40, 40, 3), dtype=np.uint8) for _ in range(n)]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import grpc
 import pytest
-from servertools import free_port, start_server
+from servertools import free_port, start_server, two_version_config
 from testconfig import MODEL
 
 
@@ -26,27 +25,11 @@ def b64(images):
 
 
 @pytest.fixture(scope="session")
-def model_base(served_base) -> Path:
-    """`shapes/1` and `shapes/2`: the exported version, copied (no second export)."""
-    return served_base
-
-
-@pytest.fixture(scope="session")
-def server(model_base, tmp_path_factory):
-    """Versions 1 and 2 (labels stable=1, canary=2), batching and Prometheus enabled."""
+def server(served_base, tmp_path_factory):
+    """Versions 1 and 2 (labels stable=1, canary=2) of the session's `shapes/1` and `shapes/2`,
+    like `two_version_server`, but with batching and Prometheus enabled."""
     configs = tmp_path_factory.mktemp("configs")
-    (configs / "models.config").write_text(
-        "model_config_list {\n"
-        "  config {\n"
-        f'    name: "{MODEL}"\n'
-        f'    base_path: "{model_base}"\n'
-        '    model_platform: "tensorflow"\n'
-        "    model_version_policy { specific { versions: 1 versions: 2 } }\n"
-        '    version_labels { key: "stable" value: 1 }\n'
-        '    version_labels { key: "canary" value: 2 }\n'
-        "  }\n"
-        "}\n"
-    )
+    two_version_config(configs / "models.config", MODEL, served_base)
     (configs / "batching.config").write_text(
         "max_batch_size { value: 8 }\n"
         "batch_timeout_micros { value: 100000 }\n"

@@ -311,14 +311,14 @@ def test_batching_merges_concurrent_requests(stub, images, rest_url):
 
 
 def test_reload_config_moves_a_label_and_refuses_an_unavailable_version(
-    server, model_stub, stub, images, model_base
+    server, model_stub, stub, images, served_base
 ):
     from tensorflow_serving.apis import model_management_pb2
 
     def reload(labels):
         request = model_management_pb2.ReloadConfigRequest()
         config = request.config.model_config_list.config.add(
-            name=MODEL, base_path=str(model_base), model_platform="tensorflow"
+            name=MODEL, base_path=str(served_base), model_platform="tensorflow"
         )
         config.model_version_policy.specific.versions.extend([1, 2])
         for key, value in labels.items():

@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import ConfigError, load_batching_file, load_model_config_file
+from serving.config import (
+    BatchingOptions,
+    ConfigError,
+    VersionPolicy,
+    load_batching_file,
+    load_model_config_file,
+)
 from serving.deploy_configs import DeployConfig, main, write_configs
 
 ROOT = Path(__file__).parents[2]
@@ -32,8 +38,19 @@ def test_specific_policy_pins_the_published_versions_and_labels(tmp_path):
     assert "versions: 1\n" in text and "versions: 4\n" in text and "versions: 3" not in text
     assert model.name == "flowers"
     assert 'key: "canary"' in text and "value: 4" in text
+    # As the server reads them back: the container path, exactly the published versions, labels.
+    assert model.base_path == "/models/flowers"
+    assert model.policy == VersionPolicy("specific", versions=(1, 2, 4))
+    assert model.labels == {"stable": 2, "canary": 4}
+    # The batching file carries DeployConfig's settings, not the scheduler's defaults.
     batching = load_batching_file(str(tmp_path / "out" / "batching.config"))
-    assert batching is not None
+    assert batching == BatchingOptions(
+        max_batch_size=32,
+        batch_timeout_micros=2000,
+        max_enqueued_batches=100,
+        num_batch_threads=4,
+        allowed_batch_sizes=(8, 16, 32),
+    )
 
 
 def test_a_label_must_point_at_a_published_version(tmp_path):
