@@ -76,9 +76,9 @@ def _expected(exported, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """What the exporter compares the gate's outputs with (export_model's parity inputs)."""
     import tensorflow as tf
 
-    from export.model.preprocessing import EagerPreprocessor
+    from export.model.preprocessing import EagerPreprocessor, Preprocessor
 
-    preprocess = EagerPreprocessor(exported.train.config.preprocessor())
+    preprocess = EagerPreprocessor(Preprocessor.of(exported.train.config))
     batch = np.stack([preprocess(image)[0] for image in images])
     classifier, extractor = exported.train.classifier, exported.train.extractor
     scores = tf.function(lambda x: classifier(x, training=False))(batch).numpy()
