@@ -23,6 +23,12 @@ from serving.protos import BatchingParameters, MonitoringConfig
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 INT32_MAX = 2**31 - 1  # TF Serving's gRPC server: builder.SetMaxMessageSize(INT32_MAX)
 _CPUS = os.cpu_count() or 1
+# HTTP/REST limits (ours: TF Serving's libevent server has no body limit, a 128 listen backlog and
+# no cap on connections, and drops a connection that sends nothing for 50 s, HTTP_READ_TIMEOUT).
+REST_MAX_BODY_BYTES = 64 << 20
+REST_READ_TIMEOUT_MS = 50_000
+REST_LISTEN_BACKLOG = 1024
+REST_MAX_CONNECTIONS = 256
 
 
 class ConfigError(ValueError):
@@ -90,6 +96,24 @@ class ServerFlags:
     )
     rest_api_num_threads: int = _flag(4 * _CPUS, "max concurrent HTTP/REST requests")
     rest_api_timeout_in_ms: int = _flag(30000, "HTTP/REST request timeout")
+    rest_api_max_body_bytes: int = _flag(
+        REST_MAX_BODY_BYTES,
+        "largest HTTP/REST request body; a larger one is refused with 413 (not a TF Serving flag)",
+    )
+    rest_api_read_timeout_in_ms: int = _flag(
+        REST_READ_TIMEOUT_MS,
+        "close an HTTP/REST connection that sends nothing for this long; a stalled body gets 408 "
+        "(not a TF Serving flag)",
+    )
+    rest_api_listen_backlog: int = _flag(
+        REST_LISTEN_BACKLOG,
+        "HTTP/REST listen backlog, capped by net.core.somaxconn (not a TF Serving flag)",
+    )
+    rest_api_max_connections: int = _flag(
+        REST_MAX_CONNECTIONS,
+        "HTTP/REST connections served at once, one thread each; more wait in the listen backlog "
+        "(not a TF Serving flag)",
+    )
     enable_model_warmup: GflagsBool = _flag(
         True, "replay assets.extra/tf_serving_warmup_requests before serving"
     )
@@ -324,6 +348,14 @@ def resolve(flags: ServerFlags) -> ServingConfig:
         raise ConfigError("--port must be set (gRPC cannot be disabled)")
     if flags.rest_api_port and flags.rest_api_port == flags.port:
         raise ConfigError("--rest_api_port cannot be the same as --port")
+    for name in (
+        "rest_api_max_body_bytes",
+        "rest_api_read_timeout_in_ms",
+        "rest_api_listen_backlog",
+        "rest_api_max_connections",
+    ):
+        if getattr(flags, name) <= 0:
+            raise ConfigError(f"--{name} must be positive")
     if not flags.model_base_path and not flags.model_config_file:
         raise ConfigError("Both --model_base_path and --model_config_file are empty!")
     if flags.model_config_file:

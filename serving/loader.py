@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,12 +155,45 @@ def read_warmup_records(path: str | Path) -> list:
 
 
 def version_fingerprint(path: str | Path) -> tuple:
-    """Changes when a version directory's saved_model is rewritten (to retry a failed load)."""
-    stats = []
-    for name in ("saved_model.pb", "saved_model.pbtxt"):
+    """What a failed load is retried on: every entry under the version directory, by relative
+    name, kind, mode, size and mtime (stat only, nothing is read).
+
+    A version copied in place (`cp -r`, `rsync`) may be loaded half-written and fail; any file
+    added, grown, touched or chmod-ed afterwards (say variables/ after a PERMISSION_DENIED) changes
+    this. Symlinks are followed as TensorFlow follows them, each directory once (no loops); an
+    entry that cannot be listed or stat-ed is recorded as such, so that fixing it is a change too.
+    """
+    root = os.fspath(path)
+    entries: list[tuple] = []
+    seen: set[tuple[int, int]] = set()
+
+    def record(relative: str, full: str) -> os.stat_result | None:
         try:
-            st = os.stat(Path(path) / name)
-            stats.append((name, st.st_mtime_ns, st.st_size))
-        except OSError:
+            st = os.stat(full)
+        except OSError as exc:
+            entries.append((relative, "error", exc.errno))
+            return None
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        entries.append((relative, kind, st.st_mode, st.st_size, st.st_mtime_ns))
+        return st
+
+    pending = [("", root)]
+    st = record("", root)
+    if st is None:
+        return tuple(entries)
+    seen.add((st.st_dev, st.st_ino))
+    while pending:
+        relative, directory = pending.pop()
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError as exc:
+            entries.append((relative, "unlisted", exc.errno))
             continue
-    return tuple(stats)
+        for name in names:
+            child_relative = f"{relative}/{name}" if relative else name
+            child = os.path.join(directory, name)
+            st = record(child_relative, child)
+            if st is not None and stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                pending.append((child_relative, child))
+    return tuple(sorted(entries))

@@ -3,8 +3,10 @@
 A new version is loaded and warmed up before it is routed to; the version it replaces is taken
 out of routing only after that, and closed only when its in-flight requests are done (TF Serving's
 AvailabilityPreservingPolicy), so no request fails during a swap. A version that fails to load is
-reported (END with its error, as ServableStateMonitor does) and is not retried until its
-saved_model changes; whatever was serving keeps serving.
+reported (END with its error and the attempt, as ServableStateMonitor does) and retried when
+anything in its directory changes (names, sizes, mtimes, modes: a copy that was half done, a chmod)
+and has then stayed unchanged for one poll, so a copy in progress is not loaded at every poll;
+an unchanged failed version is never retried. Whatever was serving keeps serving.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class ModelState:
     status: dict[int, VersionStatus] = field(default_factory=dict)
     loaded: dict[int, Loaded] = field(default_factory=dict)
     failed: dict[int, tuple] = field(default_factory=dict)  # version -> fingerprint that failed
+    changed: dict[int, tuple] = field(default_factory=dict)  # version -> fingerprint seen changed
+    attempts: dict[int, int] = field(default_factory=dict)  # version -> loads tried so far
     labels: dict[str, int] = field(default_factory=dict)
 
 
@@ -193,12 +197,25 @@ class ModelManager:
             count += 1
         return count
 
-    def _load(self, model: ModelState, version: int, path) -> None:
+    def _load(self, model: ModelState, version: int, path, fingerprint: tuple | None = None):
         name = model.config.name
-        fingerprint = version_fingerprint(path)
+        if fingerprint is None:
+            fingerprint = version_fingerprint(path)  # before loading: a change during it counts
+        attempt = model.attempts.get(version, 0) + 1
+        model.attempts[version] = attempt
         self._set(model, version, "START")
         self._set(model, version, "LOADING")
-        log.info("loading %s version %d from %s", name, version, path)
+        if attempt == 1:
+            log.info("loading %s version %d from %s", name, version, path)
+        else:
+            log.info(
+                "loading %s version %d from %s (attempt %d: its directory changed since the last "
+                "failure)",
+                name,
+                version,
+                path,
+                attempt,
+            )
         start = time.monotonic()
         servable = batcher = None
         try:
@@ -219,14 +236,21 @@ class ModelManager:
                     grpc.StatusCode.PERMISSION_DENIED,
                     permission_message(denied, message),
                 )
+            message = (
+                f"{message} (load attempt {attempt} failed; it is retried when a file or "
+                f"directory under {path} changes)"
+            )
             log.error("%s version %d failed to load: %s", name, version, message)
             model.failed[version] = fingerprint
+            model.changed.pop(version, None)
             self._set(model, version, "END", code, message)
             self.metrics.load_count.labels(str(path), "fail").inc()
             return
         with self._lock:
             model.loaded[version] = Loaded(servable, run, batcher)
             model.failed.pop(version, None)
+            model.changed.pop(version, None)
+            model.attempts.pop(version, None)
         self._set(model, version, "AVAILABLE")
         self.metrics.load_count.labels(str(path), "success").inc()
         log.info(
@@ -258,12 +282,23 @@ class ModelManager:
                 model.config.name,
                 model.config.base_path,
             )
+        for version in list(model.failed):
+            if version not in on_disk:  # removed: a new directory of that number starts afresh
+                for table in (model.failed, model.changed, model.attempts):
+                    table.pop(version, None)
         for version in aspired:
             if version in model.loaded:
                 continue
-            if model.failed.get(version) == version_fingerprint(on_disk[version]):
-                continue  # failed before and unchanged on disk
-            self._load(model, version, on_disk[version])
+            fingerprint = None
+            if version in model.failed:
+                fingerprint = version_fingerprint(on_disk[version])
+                if fingerprint == model.failed[version]:
+                    model.changed.pop(version, None)
+                    continue  # failed before and unchanged on disk: not retried
+                if model.changed.get(version) != fingerprint:
+                    model.changed[version] = fingerprint  # still being written? wait a poll
+                    continue
+            self._load(model, version, on_disk[version], fingerprint)
         available = [v for v in aspired if v in model.loaded]
         for version in sorted(model.loaded):
             if version not in aspired and (available or not aspired):

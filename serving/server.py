@@ -59,7 +59,14 @@ class ModelServer:
             prom = self.config.monitoring
             rest = RestApi(self.api, prom.prometheus_path if prom.prometheus_enable else None)
             self.rest_server = RestServer(
-                rest, flags.host, flags.rest_api_port, flags.rest_api_num_threads
+                rest,
+                flags.host,
+                flags.rest_api_port,
+                flags.rest_api_num_threads,
+                max_body_bytes=flags.rest_api_max_body_bytes,
+                read_timeout=flags.rest_api_read_timeout_in_ms / 1000,
+                backlog=flags.rest_api_listen_backlog,
+                max_connections=flags.rest_api_max_connections,
             )
             self.rest_server.start()
             self.rest_port = self.rest_server.port

@@ -8,6 +8,7 @@ code runs here as uid 10001 (TF Serving's), since root reads everything regardle
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from otheruser import OTHER_UID, run_as, shared_dir, skip_unless_root
@@ -56,3 +57,37 @@ def test_unreadable_version_is_reported_as_permission_denied_with_its_path(expor
         assert (state, code) == ("END", "PERMISSION_DENIED"), (name, message)
         assert message.startswith(f"permission denied: {path} "), (name, message)
         assert f"uid {OTHER_UID}" in message
+
+
+FIX_AND_RETRY = """
+base, variables = sys.argv[2], sys.argv[3]
+manager = ModelManager([ModelConfig("m", base)], warmup=False)
+manager.poll()
+[(_, before)] = manager.status("m")
+os.chmod(variables, 0o755)  # the fix: the owner gives variables/ its x back
+states = []
+for _ in range(3):  # one poll finds the change, the next (nothing changed since) retries it
+    manager.poll()
+    [(_, status)] = manager.status("m")
+    states.append(status.state)
+print(json.dumps({"before": [before.state, before.code.name, before.message], "after": states}))
+"""
+
+
+def test_a_version_denied_for_its_modes_is_retried_once_they_are_fixed(exported):
+    """Issue 14.7: `chmod` on variables/ after a PERMISSION_DENIED failure counts as a change."""
+    skip_unless_root()
+    with shared_dir() as shared:
+        base = shared / "m"
+        version = shutil.copytree(exported.path, base / "1")
+        for path in [base, *base.rglob("*")]:  # the server's user owns it, and so may chmod it
+            os.chown(path, OTHER_UID, OTHER_UID)
+        (version / "variables").chmod(0o644)
+        report = run_as(
+            OTHER_UID, FIX_AND_RETRY, str(base), str(version / "variables"), preload=PRELOAD
+        )
+
+    state, code, message = report["before"]
+    assert (state, code) == ("END", "PERMISSION_DENIED"), message
+    assert "load attempt 1 failed" in message
+    assert report["after"] == ["END", "AVAILABLE", "AVAILABLE"]
