@@ -130,18 +130,19 @@ def test_requests_split_by_bytes_and_oversized_file_is_an_error_row(target, tmp_
     assert summary.retries == 0
 
 
-def test_deadline_exceeded_after_retries(target, good_images, tmp_path):
+def test_deadline_exceeded_after_retries_stops_the_run_without_rows(target, good_images, tmp_path):
+    """DEADLINE_EXCEEDED is the server's state, not the images': retried (here capped by
+    --max-retries, which still works beside the time budget), then the run stops, no rows."""
+    from client.scorer import Unreachable
+
     out = tmp_path / "slow.jsonl"
     inputs = [str(p) for p in good_images[:32]]
     config = ScoreConfig(inputs=inputs, target=[target], model_name=MODEL, output=str(out),
                          batch_size=32, timeout=0.001, max_retries=2, initial_backoff=0.01,
                          quiet=True)  # fmt: skip
-    summary = run(config)
-    rows = rows_of(out)
-    assert len(rows) == 32 and summary.failed == 32
-    assert all(r["error"].startswith("DEADLINE_EXCEEDED") for r in rows)
-    assert all("(after 3 attempts)" in r["error"] for r in rows)
-    assert summary.requests == 3 and summary.retries == 2
+    with pytest.raises(Unreachable, match="3 attempts; --retry-budget-s 60, --max-retries 2"):
+        run(config)
+    assert rows_of(out) == []
 
 
 def test_unknown_model_stops_the_run(target, good_images, tmp_path, capsys):
@@ -264,3 +265,25 @@ def test_tfrecord_input(target, good_images, tmp_path):
     )
     assert sorted(r["uri"] for r in rows_of(out)) == sorted(map(str, good_images[:6]))
     assert os.path.getsize(out) > 0
+
+
+def test_no_server_at_all_stops_with_exit_2_one_message_and_no_rows(good_images, tmp_path, capsys):
+    import time
+
+    from servertools import free_port
+
+    out = tmp_path / "none.jsonl"
+    dead = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code = main([*(str(p) for p in good_images[:40]), "--target", dead, "--model-name", MODEL,
+                 "--output", str(out), "--batch-size", "4", "--retry-budget-s", "2",
+                 "--max-backoff", "0.2", "--quiet"])  # fmt: skip
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert out.read_text() == ""  # no row for an image the server never saw
+    assert f"no server answered: {dead} did not answer for 2.0 s" in err, err
+    assert "--retry-budget-s 2" in err and "Connection refused" in err
+    assert "0 rows written before stopping" in err and "--resume" in err
+    assert err.count("xfer-score: error:") == 1
+    assert 2 <= elapsed < 15  # it retried for the budget, not for the default 60 s
