@@ -309,16 +309,14 @@ def run(config: ScoreConfig) -> Summary:
     """
     from tqdm import tqdm
 
-    from client.output import ResultWriter, done_uris, repair_torn_tail
+    from client.output import ResultWriter, prepare_resume
 
     config.validate()
     if not config.output:
         raise ValueError("--output FILE is required (got '')")
     skip: set[str] = set()
     if config.resume:
-        repair_torn_tail(config.output)
-        skip = done_uris(config.output, config.format)
-        log.info("resume: %d URIs already in %s", len(skip), config.output)
+        skip = prepare_resume(config.output, config.format)
     summary = Summary(skipped=len(skip))
     versions: Counter = Counter()
     scorer = Scorer(config)

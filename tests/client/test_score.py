@@ -287,3 +287,29 @@ def test_no_server_at_all_stops_with_exit_2_one_message_and_no_rows(good_images,
     assert "0 rows written before stopping" in err and "--resume" in err
     assert err.count("xfer-score: error:") == 1
     assert 2 <= elapsed < 15  # it retried for the budget, not for the default 60 s
+
+
+def test_resume_rescores_transient_error_rows_left_by_older_runs(target, good_images, tmp_path):
+    images = tmp_path / "imgs" / "red"
+    images.mkdir(parents=True)
+    for i, p in enumerate(good_images[:10]):
+        (images / f"{i:02d}{p.suffix}").write_bytes(p.read_bytes())
+    (images / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really")
+    files = sorted(images.iterdir())
+    out = tmp_path / "old.jsonl"
+    config = ScoreConfig(inputs=[str(tmp_path / "imgs")], target=[target], model_name=MODEL,
+                         output=str(out), batch_size=4, quiet=True)  # fmt: skip
+    # what a client before the retry budget left after a server restart: error rows
+    first = run(config.replace(inputs=[str(f) for f in files[:4]] + [str(files[-1])]))
+    assert first.scored == 4 and first.failed == 1
+    old_rows = [(4, "UNAVAILABLE"), (5, "DEADLINE_EXCEEDED"), (6, "RESOURCE_EXHAUSTED"),
+                (4, "UNAVAILABLE")]  # fmt: skip
+    with open(out, "a") as f:
+        for index, code in old_rows:
+            row = {"uri": str(files[index]), "error": f"{code}: gone (after 6 attempts)"}
+            f.write(json.dumps(row) + "\n")
+    summary = run(config.replace(resume=True))
+    rows = rows_of(out)
+    assert len(rows) == 11 and len({r["uri"] for r in rows}) == 11  # each image exactly once
+    assert [r["uri"] for r in rows if "error" in r] == [str(files[-1])]  # the broken one, kept
+    assert summary.skipped == 5 and summary.scored == 6 and summary.failed == 0

@@ -10,7 +10,7 @@ from importscan import other_stages_imported
 from client.batching import REQUEST_OVERHEAD, batches, fits_alone, request_bytes
 from client.config import ScoreConfig
 from client.inputs import iter_items
-from client.output import ResultWriter, done_uris, repair_torn_tail
+from client.output import ResultWriter, done_uris, prepare_resume, read_rows, repair_torn_tail
 from client.retry import RetryPolicy, RpcError, call_with_retry
 
 
@@ -362,3 +362,38 @@ def test_a_request_too_large_for_the_server_is_split_not_retried():
     assert [r["uri"] for r in rows if "error" not in r] == [f"{i}.jpg" for i in range(4)]
     (big,) = [r for r in rows if "error" in r]
     assert big["uri"] == "big.jpg" and big["error"].startswith("file is 200 bytes: too large")
+
+
+def write_rows(path, rows, fmt="jsonl"):
+    with ResultWriter(str(path), fmt) as writer:
+        for row in rows:
+            writer.write(row)
+
+
+OLD_TRANSIENT = [
+    {"uri": "imgs/c.jpg", "error": "UNAVAILABLE: failed to connect to all addresses (after 6 "
+     "attempts)"},
+    {"uri": "imgs/d.jpg", "label": "x", "error": "DEADLINE_EXCEEDED: Deadline Exceeded (after 6 "
+     "attempts)"},
+    {"uri": "imgs/e.jpg", "error": "RESOURCE_EXHAUSTED: rate limited (after 6 attempts)"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_drops_old_transient_rows_and_keeps_the_rest(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    kept = [
+        {"uri": "imgs/a.jpg", "labels": ["x", "y"], "scores": [0.75, 0.25], "model_version": 1},
+        {"uri": "./imgs/b.jpg", "error": "INVALID_ARGUMENT: not a decodable image: bad"},
+        {"uri": "imgs/f.jpg", "error": "file is 9 bytes: ... over the limit"},
+    ]
+    write_rows(path, [kept[0], OLD_TRANSIENT[0], kept[1], *OLD_TRANSIENT[1:], kept[2]], fmt)
+    mode = 0o640
+    path.chmod(mode)
+    done = prepare_resume(str(path), fmt)
+    assert done == {"imgs/a.jpg", "./imgs/b.jpg", "imgs/f.jpg"}
+    assert list(read_rows(str(path), fmt)) == kept  # transient rows gone, order kept
+    assert path.stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+    before = path.read_bytes()
+    assert prepare_resume(str(path), fmt) == done and path.read_bytes() == before
