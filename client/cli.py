@@ -24,9 +24,9 @@ from client.config import ScoreConfig
 log = logging.getLogger(__name__)
 EXIT_CODES = {
     EXIT_OK: "every input scored",
-    EXIT_USAGE: "usage error; or the run stopped: the server refuses it (unknown model, version "
-    "or signature; credentials), the TLS handshake fails, or no server answers within "
-    "--retry-budget-s (--resume goes on)",
+    EXIT_USAGE: "usage error or an INPUT that names nothing (before anything is scored); or the "
+    "run stopped: the server refuses it (unknown model, version or signature; credentials), the "
+    "TLS handshake fails, or no server answers within --retry-budget-s (--resume goes on)",
     EXIT_SOME_FAILED: "some inputs failed (their rows say why)",
 }
 
@@ -56,10 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xfer-score: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.quiet)
+    from client.inputs import InputNotFound
     from client.scorer import ScoringAborted, Unreachable, run
 
     try:
         summary = run(config)
+    except InputNotFound as exc:
+        print(f"xfer-score: error: {exc}; nothing was scored", file=sys.stderr)
+        return EXIT_USAGE
     except ScoringAborted as exc:
         print(f"xfer-score: error: {exc.explain()}", file=sys.stderr)
         if isinstance(exc, Unreachable) and exc.summary is not None:

@@ -4,7 +4,7 @@ Each row is one `os.write` of a complete line on an unbuffered file opened for a
 crash can tear at most the last line. `--resume` drops a torn last line (everything after the
 final newline) and the rows of transient errors an older client wrote (UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED: the server did not answer, the image was never judged),
-then collects the URIs of the rows left into a set, streaming: those inputs are
+then collects the canonical URIs of the rows left into a set, streaming: those inputs are
 skipped. Every input thus ends up exactly once. The file is fsynced every `fsync_s` seconds and
 on close, so a power loss costs at most those seconds of rows, which resume re-scores.
 """
@@ -20,6 +20,7 @@ import stat
 import tempfile
 import time
 
+from client.inputs import canonical_uri
 from client.retry import RETRYABLE
 
 log = logging.getLogger(__name__)
@@ -168,10 +169,13 @@ def _rewrite_without_transient_rows(path: str, fmt: str) -> None:
 
 def prepare_resume(path: str, fmt: str) -> set[str]:
     """`--resume`: repair a torn last line, remove the rows of transient errors (rewriting the
-    file, only when there are some), and return the URIs of the rows left: the inputs to skip."""
+    file, only when there are some), and return the canonical URIs
+    (`client.inputs.canonical_uri`; relative ones resolved against the current directory) of the
+    rows left: the inputs to skip."""
     if not os.path.exists(path):
         return set()
     repair_torn_tail(path)
+    cwd = os.getcwd()
     done: set[str] = set()
     transient = 0
     for _, row in _records(path, fmt):
@@ -180,7 +184,7 @@ def prepare_resume(path: str, fmt: str) -> set[str]:
         if is_transient(row):
             transient += 1
         else:
-            done.add(row["uri"])
+            done.add(canonical_uri(row["uri"], cwd))
     if transient:
         _rewrite_without_transient_rows(path, fmt)
         log.warning(

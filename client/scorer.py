@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 from client.batching import batches, bisect, fits_alone, request_bytes
 from client.config import ScoreConfig
-from client.inputs import Item, iter_items
+from client.inputs import Item, check_inputs, iter_items
 from client.retry import RETRYABLE, RetryPolicy, RpcError, call_with_retry
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,7 @@ def score(
         **options,
     )
     config.validate()
+    check_inputs(config.inputs)
     scorer = Scorer(config)
     try:
         items = iter_items(config.inputs, labels_from_folders=config.labels_from_folders)
@@ -304,8 +305,8 @@ def score(
 def run(config: ScoreConfig) -> Summary:
     """`xfer-score`: score every input into `config.output`, with progress and a summary.
 
-    Raises `ScoringAborted` when the run cannot go on (its `summary` says what was written
-    before).
+    Raises `InputNotFound` (an INPUT names nothing) before anything is scored, and
+    `ScoringAborted` when the run cannot go on (its `summary` says what was written before).
     """
     from tqdm import tqdm
 
@@ -314,14 +315,24 @@ def run(config: ScoreConfig) -> Summary:
     config.validate()
     if not config.output:
         raise ValueError("--output FILE is required (got '')")
+    check_inputs(config.inputs)
     skip: set[str] = set()
     if config.resume:
         skip = prepare_resume(config.output, config.format)
-    summary = Summary(skipped=len(skip))
+    summary = Summary()
     versions: Counter = Counter()
     scorer = Scorer(config)
     start = time.monotonic()
-    items = iter_items(config.inputs, labels_from_folders=config.labels_from_folders, skip=skip)
+
+    def skipped(uri: str) -> None:
+        summary.skipped += 1
+
+    items = iter_items(
+        config.inputs,
+        labels_from_folders=config.labels_from_folders,
+        skip=skip,
+        on_skip=skipped,
+    )
     progress = tqdm(
         unit="img", desc="scoring", disable=config.quiet, file=sys.stderr, dynamic_ncols=True
     )

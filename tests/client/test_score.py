@@ -313,3 +313,39 @@ def test_resume_rescores_transient_error_rows_left_by_older_runs(target, good_im
     assert len(rows) == 11 and len({r["uri"] for r in rows}) == 11  # each image exactly once
     assert [r["uri"] for r in rows if "error" in r] == [str(files[-1])]  # the broken one, kept
     assert summary.skipped == 5 and summary.scored == 6 and summary.failed == 0
+
+
+def test_resume_matches_images_not_spellings(target, good_images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("red", "green"):
+        (tmp_path / "many" / name).mkdir(parents=True)
+    for i, p in enumerate(good_images[:12]):
+        (tmp_path / "many" / ("red" if i < 5 else "green") / f"{i:02d}{p.suffix}").write_bytes(
+            p.read_bytes()
+        )
+    out = tmp_path / "s.csv"
+    config = ScoreConfig(inputs=["many/red"], target=[target], model_name=MODEL, output=str(out),
+                         quiet=True, resume=True)  # fmt: skip
+    assert run(config).scored == 5
+    # the folder again, spelled otherwise: only the 7 others are scored
+    second = run(config.replace(inputs=["./many"]))
+    assert (second.scored, second.skipped) == (7, 5)
+    third = run(config.replace(inputs=[str(tmp_path / "many"), "many/green/../red"]))
+    assert (third.total, third.skipped) == (0, 17)  # 12 + 5: every input actually skipped
+    from client.output import read_rows
+
+    rows = list(read_rows(str(out)))
+    assert len(rows) == 12 and all("error" not in r for r in rows)
+    # rows keep the spelling given (the `uri` users join on), here relative
+    assert {r["uri"].split("/")[0] for r in rows} == {"many", "."}
+
+
+def test_a_mistyped_input_stops_before_anything_is_scored(target, good_images, tmp_path, capsys):
+    out = tmp_path / "typo.jsonl"
+    missing = str(tmp_path / "imgs-typo")
+    code = main([str(good_images[0]), missing, "--target", target, "--model-name", MODEL,
+                 "--output", str(out), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"no such input: '{missing}'" in err and "nothing was scored" in err
+    assert not out.exists()

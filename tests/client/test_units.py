@@ -9,7 +9,7 @@ from importscan import other_stages_imported
 
 from client.batching import REQUEST_OVERHEAD, batches, fits_alone, request_bytes
 from client.config import ScoreConfig
-from client.inputs import iter_items
+from client.inputs import InputNotFound, canonical_uri, check_inputs, iter_items
 from client.output import ResultWriter, done_uris, prepare_resume, read_rows, repair_torn_tail
 from client.retry import RetryPolicy, RpcError, call_with_retry
 
@@ -380,7 +380,8 @@ OLD_TRANSIENT = [
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_resume_drops_old_transient_rows_and_keeps_the_rest(tmp_path, fmt):
+def test_resume_drops_old_transient_rows_and_keeps_the_rest(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / f"out.{fmt}"
     kept = [
         {"uri": "imgs/a.jpg", "labels": ["x", "y"], "scores": [0.75, 0.25], "model_version": 1},
@@ -391,9 +392,48 @@ def test_resume_drops_old_transient_rows_and_keeps_the_rest(tmp_path, fmt):
     mode = 0o640
     path.chmod(mode)
     done = prepare_resume(str(path), fmt)
-    assert done == {"imgs/a.jpg", "./imgs/b.jpg", "imgs/f.jpg"}
+    assert done == {str(tmp_path / "imgs" / n) for n in ("a.jpg", "b.jpg", "f.jpg")}
     assert list(read_rows(str(path), fmt)) == kept  # transient rows gone, order kept
     assert path.stat().st_mode & 0o777 == mode
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
     before = path.read_bytes()
     assert prepare_resume(str(path), fmt) == done and path.read_bytes() == before
+
+
+def test_canonical_uris_spellings_and_symlinks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "many").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "many")
+    absolute = str(tmp_path / "many" / "a.jpg")
+    for spelling in ("many/a.jpg", "./many/a.jpg", absolute, "many//x/../a.jpg",
+                     f"{tmp_path}/./many/a.jpg"):  # fmt: skip
+        assert canonical_uri(spelling) == absolute
+    assert canonical_uri("link/a.jpg") == str(tmp_path / "link" / "a.jpg")  # not resolved
+    assert canonical_uri("gs://b/x/../a.jpg") == "gs://b/x/../a.jpg"  # a URL as given
+    assert canonical_uri("many.tfrecord@3", "/data") == "/data/many.tfrecord@3"
+
+
+def test_resume_skips_inputs_by_image_whatever_the_spelling(tmp_path, monkeypatch, good_images):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "many" / "red"
+    folder.mkdir(parents=True)
+    for i, p in enumerate(good_images[:4]):
+        (folder / f"{i}{p.suffix}").write_bytes(p.read_bytes())
+    names = sorted(str(p.relative_to(tmp_path)) for p in folder.iterdir())
+    done = {canonical_uri(n) for n in names[:3]} | {canonical_uri("elsewhere/z.jpg")}
+    for spelling in ("many", "./many", str(tmp_path / "many"), "many/red/../red"):
+        skipped = []
+        items = list(iter_items([spelling], skip=done, on_skip=skipped.append))
+        assert [canonical_uri(i.uri) for i in items] == [canonical_uri(names[3])]
+        assert len(skipped) == 3  # inputs actually skipped, not rows in the output
+
+
+def test_an_input_that_names_nothing_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "many").mkdir()
+    (tmp_path / "many" / "a.jpg").write_bytes(b"x")
+    check_inputs(["many", "./many/a.jpg", "many/*.jpg", "many/**/*.jpg"])
+    with pytest.raises(InputNotFound, match="no such input: 'mnay'"):
+        check_inputs(["many", "mnay"])
+    with pytest.raises(InputNotFound, match=r"'many/\*\.png' \(the pattern matches no file\)"):
+        check_inputs(["many/*.png"])
