@@ -24,8 +24,9 @@ from client.config import ScoreConfig
 log = logging.getLogger(__name__)
 EXIT_CODES = {
     EXIT_OK: "every input scored",
-    EXIT_USAGE: "usage error, or a run the server refuses outright (unknown model, version or "
-    "signature; credentials)",
+    EXIT_USAGE: "usage error or an INPUT that names nothing (before anything is scored); or the "
+    "run stopped: the server refuses it (unknown model, version or signature; credentials), the "
+    "TLS handshake fails, or no server answers within --retry-budget-s (--resume goes on)",
     EXIT_SOME_FAILED: "some inputs failed (their rows say why)",
 }
 
@@ -55,12 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xfer-score: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.quiet)
-    from client.scorer import ScoringAborted, run
+    from client.inputs import InputNotFound
+    from client.scorer import ScoringAborted, Unreachable, run
 
     try:
         summary = run(config)
+    except InputNotFound as exc:
+        print(f"xfer-score: error: {exc}; nothing was scored", file=sys.stderr)
+        return EXIT_USAGE
     except ScoringAborted as exc:
-        print(f"xfer-score: error: the server refuses this run: {exc}", file=sys.stderr)
+        print(f"xfer-score: error: {exc.explain()}", file=sys.stderr)
+        if isinstance(exc, Unreachable) and exc.summary is not None:
+            print(
+                f"xfer-score: {exc.summary.total} rows written before stopping; the images not "
+                "yet answered have none: run the same command with --resume once a server answers",
+                file=sys.stderr,
+            )
         return EXIT_USAGE
     if not config.quiet:
         print(summary.format(), file=sys.stderr)

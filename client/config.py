@@ -53,7 +53,14 @@ class ScoreConfig:
     )
     concurrency: int = opt(4, "requests in flight")
     timeout: float = opt(30.0, "deadline per request, seconds")
-    max_retries: int = opt(5, "retries on UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED")
+    retry_budget_s: float = opt(
+        60.0,
+        "per batch: retry UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED this long, seconds "
+        "(outlives a server restart); then the batch fails: xfer-score stops (exit 2, no rows)",
+    )
+    max_retries: int | None = opt(
+        None, "an extra cap on a batch's retries (None: only --retry-budget-s limits them)"
+    )
     initial_backoff: float = opt(0.1, "first retry delay, seconds (doubles, full jitter)")
     max_backoff: float = opt(10.0, "cap of the retry delay, seconds")
     tls: bool = opt(False, "TLS to the server (system roots unless --root-certs)")
@@ -104,8 +111,13 @@ class ScoreConfig:
             fail("--max-message-mb must be > 0", self.max_message_mb)
         if self.timeout <= 0:
             fail("--timeout must be > 0", self.timeout)
-        if self.max_retries < 0:
+        if self.retry_budget_s < 0:
+            fail("--retry-budget-s must be >= 0", self.retry_budget_s)
+        if self.max_retries is not None and self.max_retries < 0:
             fail("--max-retries must be >= 0", self.max_retries)
+        if self.initial_backoff < 0 or self.max_backoff < 0:
+            fail("--initial-backoff and --max-backoff must be >= 0",
+                 (self.initial_backoff, self.max_backoff))  # fmt: skip
         if bool(self.client_cert) != bool(self.client_key):
             fail("--client-cert and --client-key go together", (self.client_cert, self.client_key))
         for header in self.auth_header:

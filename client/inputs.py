@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from client.config import IMAGE_EXTENSIONS
@@ -158,6 +158,40 @@ def _has_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
+class InputNotFound(ValueError):
+    """An INPUT names nothing: no such file or directory, or a local glob matching no file."""
+
+
+def check_inputs(inputs: Iterable[str]) -> None:
+    """Raise `InputNotFound` naming the first INPUT that names nothing, before any work.
+
+    A local path must exist and a local glob match at least one path (the first match ends the
+    search); a remote path (gs://...) must exist. Remote globs are not listed twice: one that
+    matches nothing yields no rows. Files named inside lists and TFRecords are not checked here:
+    each one that cannot be read is its own error row.
+    """
+    for source in inputs:
+        if _has_glob(source):
+            if not _is_remote(source) and next(globlib.iglob(source, recursive=True), None) is None:
+                raise InputNotFound(f"no such input: {source!r} (the pattern matches no file)")
+        elif not (_gfile().exists(source) if _is_remote(source) else os.path.exists(source)):
+            raise InputNotFound(f"no such input: {source!r} (no such file or directory)")
+
+
+def canonical_uri(uri: str, cwd: str | None = None) -> str:
+    """What `--resume` compares: a local path made absolute and normalised (`many/a.jpg`,
+    `./many/a.jpg` and `/work/many/a.jpg` are one image); a URL (`gs://...`) as given.
+
+    Symbolic links are deliberately not resolved: a row names the image by the path the user
+    gave, and a link (`current -> batch-7`) is part of that name. Resolving would cost a system
+    call per path component per image and make the comparison depend on where links point at
+    resume time. The same file reached through two different links thus counts as two inputs.
+    """
+    if _is_remote(uri):
+        return uri
+    return os.path.normpath(os.path.join(cwd or os.getcwd(), uri))
+
+
 def iter_sources(inputs: Iterable[str]) -> Iterator[tuple[str, str | None] | Item]:
     """Each INPUT expanded lazily: (uri, label) pairs, or ready Items for TFRecords."""
     for source in inputs:
@@ -183,19 +217,31 @@ def iter_items(
     *,
     labels_from_folders: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
+    on_skip: Callable[[str], None] | None = None,
 ) -> Iterator[Item]:
-    """Items with their bytes read, in input order; URIs in `skip` are not read at all.
+    """Items with their bytes read, in input order.
 
-    A file that cannot be read becomes an Item with an error naming it, never an exception.
+    An input whose `canonical_uri` is in `skip` is not read at all (`on_skip(uri)` is called
+    for it). A file that cannot be read becomes an Item with an error naming it, never an
+    exception.
     """
+    cwd = os.getcwd()
+
+    def skipped(uri: str) -> bool:
+        if skip and canonical_uri(uri, cwd) in skip:
+            if on_skip is not None:
+                on_skip(uri)
+            return True
+        return False
+
     for entry in iter_sources(inputs):
         if isinstance(entry, Item):
             item = entry
-            if item.uri in skip:
+            if skipped(item.uri):
                 continue
         else:
             uri, label = entry
-            if uri in skip:
+            if skipped(uri):
                 continue
             item = Item(uri, label)
             try:

@@ -2,7 +2,9 @@
 
 Each row is one `os.write` of a complete line on an unbuffered file opened for append, so a
 crash can tear at most the last line. `--resume` drops a torn last line (everything after the
-final newline), then collects the URIs already written into a set, streaming: those inputs are
+final newline) and the rows of transient errors an older client wrote (UNAVAILABLE,
+DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED: the server did not answer, the image was never judged),
+then collects the canonical URIs of the rows left into a set, streaming: those inputs are
 skipped. Every input thus ends up exactly once. The file is fsynced every `fsync_s` seconds and
 on close, so a power loss costs at most those seconds of rows, which resume re-scores.
 """
@@ -14,7 +16,12 @@ import io
 import json
 import logging
 import os
+import stat
+import tempfile
 import time
+
+from client.inputs import canonical_uri
+from client.retry import RETRYABLE
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +93,109 @@ def read_rows(path: str, fmt: str | None = None):
                 log.warning("%s:%d: not a JSON row, ignored", path, number)
 
 
+def is_transient(row: dict) -> bool:
+    """A row of an error the server's availability caused, not the image: not done.
+
+    This client writes none (it retries them, then stops the run); clients before it wrote
+    `UNAVAILABLE: ... (after 6 attempts)` and the like once their retries ran out.
+    """
+    error = row.get("error")
+    return isinstance(error, str) and error.partition(":")[0].strip() in RETRYABLE
+
+
 def done_uris(path: str, fmt: str) -> set[str]:
-    """URIs already in the output (scored or failed): what `--resume` skips."""
+    """URIs in the output, as written, whose rows are done (scored, or failed for a reason of
+    the image's own: undecodable, too large, unreadable)."""
     if not os.path.exists(path):
         return set()
-    return {row["uri"] for row in read_rows(path, fmt) if "uri" in row}
+    return {row["uri"] for row in read_rows(path, fmt) if "uri" in row and not is_transient(row)}
+
+
+def _records(path: str, fmt: str):
+    """(the record's exact text as written, its row or None when it is not a row) for each
+    record of the file, the CSV header included (as None)."""
+    if fmt == "csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return
+            yield _csv_record(header), None
+            for cells in reader:
+                row = {k: v for k, v in zip(header, cells) if v not in ("", None)}
+                yield _csv_record(cells), row
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            yield line, row if isinstance(row, dict) else None
+
+
+def _csv_record(cells: list[str]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _rewrite_without_transient_rows(path: str, fmt: str) -> None:
+    """Atomically: a temporary file beside `path` with every record but the transient-error
+    rows, fsynced, given the file's mode, renamed over it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".resume", dir=directory
+    )
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), stat.S_IMODE(os.stat(path).st_mode))
+            for record, row in _records(path, fmt):
+                if row is None or not is_transient(row):
+                    out.write(record)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+def prepare_resume(path: str, fmt: str) -> set[str]:
+    """`--resume`: repair a torn last line, remove the rows of transient errors (rewriting the
+    file, only when there are some), and return the canonical URIs
+    (`client.inputs.canonical_uri`; relative ones resolved against the current directory) of the
+    rows left: the inputs to skip."""
+    if not os.path.exists(path):
+        return set()
+    repair_torn_tail(path)
+    cwd = os.getcwd()
+    done: set[str] = set()
+    transient = 0
+    for _, row in _records(path, fmt):
+        if row is None or "uri" not in row:
+            continue
+        if is_transient(row):
+            transient += 1
+        else:
+            done.add(canonical_uri(row["uri"], cwd))
+    if transient:
+        _rewrite_without_transient_rows(path, fmt)
+        log.warning(
+            "%s: removed %d rows of transient errors (%s) left by an earlier run; "
+            "their images are scored again",
+            path,
+            transient,
+            ", ".join(sorted(RETRYABLE)),
+        )
+    log.info("resume: %d images already in %s", len(done), path)
+    return done
 
 
 class ResultWriter:

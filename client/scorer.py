@@ -2,8 +2,14 @@
 
 Memory stays flat: items are read lazily, at most `concurrency` requests (and one batch being
 filled) exist at a time, and rows are handed out as soon as their request returns. A batch the
-server refuses with INVALID_ARGUMENT is bisected until the bad image(s) are alone, so one corrupt
-file costs its own row and a few extra requests, never its batch-mates' results.
+server refuses with INVALID_ARGUMENT (or as too large) is bisected until the bad image(s) are
+alone, so one corrupt file costs its own row and a few extra requests, never its batch-mates'
+results.
+
+Rows are written only for what belongs to an image. When no server answers a batch within the
+retry budget, or the TLS handshake fails, or the server refuses the run itself (unknown model,
+credentials), the run stops with `ScoringAborted`: the images not yet answered get no row, so a
+`--resume` scores them later.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 from client.batching import batches, bisect, fits_alone, request_bytes
 from client.config import ScoreConfig
-from client.inputs import Item, iter_items
-from client.retry import RetryPolicy, RpcError, call_with_retry
+from client.inputs import Item, check_inputs, iter_items
+from client.retry import RETRYABLE, RetryPolicy, RpcError, call_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,29 @@ FATAL = frozenset(
 
 
 class ScoringAborted(RuntimeError):
-    """The server refuses every request (unknown model, version, signature, credentials)."""
+    """The run cannot go on; `xfer-score` exits 2 with `explain()`.
+
+    This class itself: the server refuses every request (unknown model, version, signature,
+    credentials). `summary`: what the run did before it stopped (set by `run`).
+    """
+
+    headline = "the server refuses this run"
+    summary: Summary | None = None
+
+    def explain(self) -> str:
+        return f"{self.headline}: {self}"
+
+
+class Unreachable(ScoringAborted):
+    """No target answered a batch within the retry budget (down, unreachable, overloaded)."""
+
+    headline = "no server answered"
+
+
+class TlsFailure(ScoringAborted):
+    """The TLS handshake failed: an untrusted certificate, a wrong name, or no TLS there."""
+
+    headline = "the TLS handshake failed"
 
 
 class LatencyReservoir:
@@ -118,9 +146,15 @@ class Scorer:
 
         self.config = config
         self.transport = transport or make_transport(config)
-        self.policy = RetryPolicy(config.max_retries, config.initial_backoff, config.max_backoff)
+        self.policy = RetryPolicy(
+            max_retries=config.max_retries,
+            initial_backoff=config.initial_backoff,
+            max_backoff=config.max_backoff,
+            budget_s=config.retry_budget_s,
+        )
         self.latency = LatencyReservoir()
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set when `results` ends: pending retries give up
         self.requests = 0
         self.retries = 0
 
@@ -137,23 +171,44 @@ class Scorer:
         with self._lock:
             self.retries += 1
 
+    def _gave_up(self, exc: RpcError) -> ScoringAborted:
+        """The error that stops the run when a batch's retries are spent, naming the targets."""
+        targets = ", ".join(self.config.target)
+        if exc.tls_failure:
+            hint = "check --root-certs (the CA that signed the server's certificate)"
+            if self.config.tls_server_name:
+                hint += " and --tls-server-name"
+            else:
+                hint += ", or --tls-server-name when the target is not the certificate's name"
+            return TlsFailure(f"{targets}: {exc.code}: {exc.message} ({hint})")
+        attempts = f"{exc.attempts} attempt{'s' if exc.attempts > 1 else ''}"
+        return Unreachable(
+            f"{targets} did not answer for {exc.elapsed_s:.1f} s ({attempts}; "
+            f"{self.policy.describe()}); last error {exc.code}: {exc.message}"
+        )
+
     def score_batch(self, items: list[Item]) -> list[dict]:
+        """Rows for one batch; raises `ScoringAborted` when the batch cannot be answered at all."""
         images = [item.data for item in items]
         try:
             prediction = call_with_retry(
-                lambda attempt: self._predict(images, attempt), self.policy, on_retry=self._on_retry
+                lambda attempt: self._predict(images, attempt),
+                self.policy,
+                on_retry=self._on_retry,
+                stop=self._stop,
             )
         except RpcError as exc:
-            if exc.code == "INVALID_ARGUMENT":
+            if exc.tls_failure or (exc.code in RETRYABLE and not exc.too_large):
+                raise self._gave_up(exc) from None
+            if exc.code == "INVALID_ARGUMENT" or exc.too_large:
                 if len(items) == 1:
-                    return [row_for(items[0], error=f"{exc.code}: {exc.message}")]
+                    return [row_for(items[0], error=self._image_error(items[0], exc))]
                 left, right = bisect(items)
-                log.debug("INVALID_ARGUMENT on %d images: bisecting", len(items))
+                log.debug("%s on %d images: bisecting", exc.code, len(items))
                 return self.score_batch(left) + self.score_batch(right)
             if exc.code in FATAL:
                 raise ScoringAborted(f"{exc.code}: {exc.message}") from None
-            suffix = f" (after {exc.attempts} attempts)" if exc.attempts > 1 else ""
-            return [row_for(item, error=f"{exc.code}: {exc.message}{suffix}") for item in items]
+            return [row_for(item, error=f"{exc.code}: {exc.message}") for item in items]
         if len(prediction.labels) != len(items) or len(prediction.scores) != len(items):
             error = f"server returned {len(prediction.labels)} rows for {len(items)} images"
             return [row_for(item, error=error) for item in items]
@@ -161,6 +216,14 @@ class Scorer:
             row_for(item, labels=labels, scores=scores, version=prediction.model_version)
             for item, labels, scores in zip(items, prediction.labels, prediction.scores)
         ]
+
+    def _image_error(self, item: Item, exc: RpcError) -> str:
+        if exc.too_large:  # not a RESOURCE_EXHAUSTED row: those are transient (output.py)
+            return (
+                f"file is {item.size} bytes: too large for the server alone ({exc.code}: "
+                f"{exc.message}); its limit is below --max-message-mb {self.config.max_message_mb}"
+            )
+        return f"{exc.code}: {exc.message}"
 
     def results(self, items: Iterable[Item]) -> Iterator[dict]:
         """Rows as requests complete (not in input order); at most `concurrency` in flight."""
@@ -185,6 +248,7 @@ class Scorer:
                     yield item
 
         pending: set[Future] = set()
+        self._stop.clear()
         with ThreadPoolExecutor(config.concurrency, thread_name_prefix="score") as pool:
             try:
                 for batch in batches(sendable(), config.batch_size, max_bytes, lambda i: i.size):
@@ -202,6 +266,7 @@ class Scorer:
                     for future in done:
                         yield from future.result()
             finally:
+                self._stop.set()  # a batch still retrying (the run is stopping) gives up now
                 for future in pending:
                     future.cancel()
 
@@ -228,6 +293,7 @@ def score(
         **options,
     )
     config.validate()
+    check_inputs(config.inputs)
     scorer = Scorer(config)
     try:
         items = iter_items(config.inputs, labels_from_folders=config.labels_from_folders)
@@ -237,24 +303,36 @@ def score(
 
 
 def run(config: ScoreConfig) -> Summary:
-    """`xfer-score`: score every input into `config.output`, with progress and a summary."""
+    """`xfer-score`: score every input into `config.output`, with progress and a summary.
+
+    Raises `InputNotFound` (an INPUT names nothing) before anything is scored, and
+    `ScoringAborted` when the run cannot go on (its `summary` says what was written before).
+    """
     from tqdm import tqdm
 
-    from client.output import ResultWriter, done_uris, repair_torn_tail
+    from client.output import ResultWriter, prepare_resume
 
     config.validate()
     if not config.output:
         raise ValueError("--output FILE is required (got '')")
+    check_inputs(config.inputs)
     skip: set[str] = set()
     if config.resume:
-        repair_torn_tail(config.output)
-        skip = done_uris(config.output, config.format)
-        log.info("resume: %d URIs already in %s", len(skip), config.output)
-    summary = Summary(skipped=len(skip))
+        skip = prepare_resume(config.output, config.format)
+    summary = Summary()
     versions: Counter = Counter()
     scorer = Scorer(config)
     start = time.monotonic()
-    items = iter_items(config.inputs, labels_from_folders=config.labels_from_folders, skip=skip)
+
+    def skipped(uri: str) -> None:
+        summary.skipped += 1
+
+    items = iter_items(
+        config.inputs,
+        labels_from_folders=config.labels_from_folders,
+        skip=skip,
+        on_skip=skipped,
+    )
     progress = tqdm(
         unit="img", desc="scoring", disable=config.quiet, file=sys.stderr, dynamic_ncols=True
     )
@@ -269,6 +347,9 @@ def run(config: ScoreConfig) -> Summary:
                     summary.scored += 1
                     versions[str(row["model_version"])] += 1
                 progress.update(1)
+    except ScoringAborted as exc:
+        exc.summary = summary  # completed below
+        raise
     finally:
         progress.close()
         scorer.close()

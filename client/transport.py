@@ -100,6 +100,12 @@ class GrpcTransport:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             # Spreads requests over every address a DNS name resolves to (dns:///svc:8500).
             ("grpc.lb_policy_name", "round_robin"),
+            # A channel whose server went away reconnects on the client's own retry schedule.
+            # gRPC's default backoff grows to 120 s, and meanwhile every request fails at once
+            # with the last connection error: a server back after 40 s went unnoticed for 20 s
+            # more, past a 60 s retry budget.
+            ("grpc.initial_reconnect_backoff_ms", max(100, int(config.initial_backoff * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(100, int(config.max_backoff * 1000))),
         ]
         if config.keepalive_s > 0:
             options += [
@@ -236,15 +242,18 @@ class RestTransport:
             code = HTTP_CODES.get(exc.code, "UNKNOWN")
             if code == "INVALID_ARGUMENT" and "signature" in message and "not found" in message:
                 code = "FAILED_PRECONDITION"  # same HTTP 400, but bisecting cannot help
-            raise RpcError(code, message or f"HTTP {exc.code}") from None
+            too_large = exc.code == 413  # Payload Too Large: a smaller request can pass
+            raise RpcError(code, message or f"HTTP {exc.code}", too_large=too_large) from None
         except TimeoutError:
             raise RpcError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
                 raise RpcError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
-            raise RpcError("UNAVAILABLE", f"{url}: {exc.reason}") from None
+            tls = isinstance(exc.reason, ssl.SSLError)
+            raise RpcError("UNAVAILABLE", f"{url}: {exc.reason}", tls_failure=tls) from None
         except (ConnectionError, OSError) as exc:
-            raise RpcError("UNAVAILABLE", f"{url}: {exc}") from None
+            tls = isinstance(exc, ssl.SSLError)
+            raise RpcError("UNAVAILABLE", f"{url}: {exc}", tls_failure=tls) from None
 
     def _status_version(self) -> int | None:
         if self.config.version is not None:

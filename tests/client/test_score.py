@@ -129,18 +129,19 @@ def test_requests_split_by_bytes_and_oversized_file_is_an_error_row(target, tmp_
     assert summary.retries == 0
 
 
-def test_deadline_exceeded_after_retries(target, good_images, tmp_path):
+def test_deadline_exceeded_after_retries_stops_the_run_without_rows(target, good_images, tmp_path):
+    """DEADLINE_EXCEEDED is the server's state, not the images': retried (here capped by
+    --max-retries, which still works beside the time budget), then the run stops, no rows."""
+    from client.scorer import Unreachable
+
     out = tmp_path / "slow.jsonl"
     inputs = [str(p) for p in good_images[:32]]
     config = ScoreConfig(inputs=inputs, target=[target], model_name=MODEL, output=str(out),
                          batch_size=32, timeout=0.001, max_retries=2, initial_backoff=0.01,
                          quiet=True)  # fmt: skip
-    summary = run(config)
-    rows = rows_of(out)
-    assert len(rows) == 32 and summary.failed == 32
-    assert all(r["error"].startswith("DEADLINE_EXCEEDED") for r in rows)
-    assert all("(after 3 attempts)" in r["error"] for r in rows)
-    assert summary.requests == 3 and summary.retries == 2
+    with pytest.raises(Unreachable, match="3 attempts; --retry-budget-s 60, --max-retries 2"):
+        run(config)
+    assert rows_of(out) == []
 
 
 def test_unknown_model_stops_the_run(target, good_images, tmp_path, capsys):
@@ -267,3 +268,87 @@ def test_tfrecord_input(target, good_images, tmp_path):
     for row in rows:
         assert set(row) == {"uri", "labels", "scores", "model_version"}, row
         assert set(row["labels"]) == CLASSES and row["model_version"] == 2
+
+
+def test_no_server_at_all_stops_with_exit_2_one_message_and_no_rows(good_images, tmp_path, capsys):
+    import time
+
+    from servertools import free_port
+
+    out = tmp_path / "none.jsonl"
+    dead = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code = main([*(str(p) for p in good_images[:40]), "--target", dead, "--model-name", MODEL,
+                 "--output", str(out), "--batch-size", "4", "--retry-budget-s", "2",
+                 "--max-backoff", "0.2", "--quiet"])  # fmt: skip
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert out.read_text() == ""  # no row for an image the server never saw
+    assert f"no server answered: {dead} did not answer for 2.0 s" in err, err
+    assert "--retry-budget-s 2" in err and "Connection refused" in err
+    assert "0 rows written before stopping" in err and "--resume" in err
+    assert err.count("xfer-score: error:") == 1
+    assert 2 <= elapsed < 15  # it retried for the budget, not for the default 60 s
+
+
+def test_resume_rescores_transient_error_rows_left_by_older_runs(target, good_images, tmp_path):
+    images = tmp_path / "imgs" / "red"
+    images.mkdir(parents=True)
+    for i, p in enumerate(good_images[:10]):
+        (images / f"{i:02d}{p.suffix}").write_bytes(p.read_bytes())
+    (images / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really")
+    files = sorted(images.iterdir())
+    out = tmp_path / "old.jsonl"
+    config = ScoreConfig(inputs=[str(tmp_path / "imgs")], target=[target], model_name=MODEL,
+                         output=str(out), batch_size=4, quiet=True)  # fmt: skip
+    # what a client before the retry budget left after a server restart: error rows
+    first = run(config.replace(inputs=[str(f) for f in files[:4]] + [str(files[-1])]))
+    assert first.scored == 4 and first.failed == 1
+    old_rows = [(4, "UNAVAILABLE"), (5, "DEADLINE_EXCEEDED"), (6, "RESOURCE_EXHAUSTED"),
+                (4, "UNAVAILABLE")]  # fmt: skip
+    with open(out, "a") as f:
+        for index, code in old_rows:
+            row = {"uri": str(files[index]), "error": f"{code}: gone (after 6 attempts)"}
+            f.write(json.dumps(row) + "\n")
+    summary = run(config.replace(resume=True))
+    rows = rows_of(out)
+    assert len(rows) == 11 and len({r["uri"] for r in rows}) == 11  # each image exactly once
+    assert [r["uri"] for r in rows if "error" in r] == [str(files[-1])]  # the broken one, kept
+    assert summary.skipped == 5 and summary.scored == 6 and summary.failed == 0
+
+
+def test_resume_matches_images_not_spellings(target, good_images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("red", "green"):
+        (tmp_path / "many" / name).mkdir(parents=True)
+    for i, p in enumerate(good_images[:12]):
+        (tmp_path / "many" / ("red" if i < 5 else "green") / f"{i:02d}{p.suffix}").write_bytes(
+            p.read_bytes()
+        )
+    out = tmp_path / "s.csv"
+    config = ScoreConfig(inputs=["many/red"], target=[target], model_name=MODEL, output=str(out),
+                         quiet=True, resume=True)  # fmt: skip
+    assert run(config).scored == 5
+    # the folder again, spelled otherwise: only the 7 others are scored
+    second = run(config.replace(inputs=["./many"]))
+    assert (second.scored, second.skipped) == (7, 5)
+    third = run(config.replace(inputs=[str(tmp_path / "many"), "many/green/../red"]))
+    assert (third.total, third.skipped) == (0, 17)  # 12 + 5: every input actually skipped
+    from client.output import read_rows
+
+    rows = list(read_rows(str(out)))
+    assert len(rows) == 12 and all("error" not in r for r in rows)
+    # rows keep the spelling given (the `uri` users join on), here relative
+    assert {r["uri"].split("/")[0] for r in rows} == {"many", "."}
+
+
+def test_a_mistyped_input_stops_before_anything_is_scored(target, good_images, tmp_path, capsys):
+    out = tmp_path / "typo.jsonl"
+    missing = str(tmp_path / "imgs-typo")
+    code = main([str(good_images[0]), missing, "--target", target, "--model-name", MODEL,
+                 "--output", str(out), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"no such input: '{missing}'" in err and "nothing was scored" in err
+    assert not out.exists()

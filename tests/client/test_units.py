@@ -8,8 +8,9 @@ import pytest
 from importscan import other_stages_imported
 
 from client.batching import REQUEST_OVERHEAD, batches, fits_alone, request_bytes
-from client.inputs import iter_items
-from client.output import ResultWriter, done_uris, repair_torn_tail
+from client.config import ScoreConfig
+from client.inputs import InputNotFound, canonical_uri, check_inputs, iter_items
+from client.output import ResultWriter, done_uris, prepare_resume, read_rows, repair_torn_tail
 from client.retry import RetryPolicy, RpcError, call_with_retry
 
 
@@ -184,3 +185,255 @@ def test_a_retry_moves_to_the_next_target_whatever_the_shared_counter_did():
         assert pick_target(targets, 1, counter, batch) != first
         assert pick_target(targets, 2, counter, batch) == first
     assert set(firsts) == {"dead", "live"}  # first attempts still spread over both
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for retry loops: sleeping advances the clock."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def policy_of(config: ScoreConfig) -> RetryPolicy:
+    from client.scorer import Scorer
+
+    return Scorer(config, transport=object()).policy
+
+
+def test_retries_are_bounded_by_time_and_the_defaults_outlive_a_restart():
+    """Default flags: a batch is retried for 60 s (not 5 times, ~3 s), delays capped at 10 s."""
+    defaults = ScoreConfig()
+    assert (defaults.retry_budget_s, defaults.max_retries, defaults.max_backoff) == (60, None, 10)
+    policy = policy_of(defaults)
+    assert policy.budget_s == 60 and policy.max_retries is None
+
+    # a server that is back after 10 s (or 45 s): the batch succeeds
+    for outage in (10.0, 45.0):
+        clock = FakeClock()
+
+        def restarting(attempt, clock=clock, outage=outage):
+            if clock.now < outage:
+                raise RpcError("UNAVAILABLE", "Connection refused")
+            return "scored"
+
+        assert call_with_retry(restarting, policy, sleep=clock.sleep, clock=clock) == "scored"
+        assert max(clock.sleeps) <= 10.0
+
+    # a server that never comes back: retried until exactly the budget, then its error
+    clock = FakeClock()
+
+    def down(attempt):
+        raise RpcError("UNAVAILABLE", "Connection refused")
+
+    with pytest.raises(RpcError) as info:
+        call_with_retry(down, policy, sleep=clock.sleep, clock=clock)
+    assert clock.now == pytest.approx(60.0) and info.value.elapsed_s == pytest.approx(60.0)
+    assert info.value.attempts == len(clock.sleeps) + 1 > 6  # the old default stopped at 6
+    assert all(0 <= s <= 10.0 for s in clock.sleeps)
+
+
+def test_max_retries_is_still_a_cap_and_its_flag_still_parses():
+    from client.cliargs import parse
+
+    argv = ["x.jpg", "--target", "t:1", "--model-name", "m", "--output", "o.jsonl"]
+    config = parse(ScoreConfig, [*argv, "--max-retries", "2", "--retry-budget-s", "5"],
+                   prog="xfer-score", description="", exit_codes={})  # fmt: skip
+    assert config.max_retries == 2 and config.retry_budget_s == 5
+    clock = FakeClock()
+    with pytest.raises(RpcError) as info:
+        call_with_retry(
+            lambda attempt: (_ for _ in ()).throw(RpcError("UNAVAILABLE", "down")),
+            policy_of(config),
+            sleep=clock.sleep,
+            clock=clock,
+        )
+    assert info.value.attempts == 3 and clock.now < 5
+
+
+@pytest.mark.parametrize(
+    "code, message, retryable",
+    [
+        ("UNAVAILABLE", "failed to connect to all addresses; last error: UNKNOWN: ipv4:"
+         "127.0.0.1:1: Failed to connect to remote host: Connection refused", True),
+        ("UNAVAILABLE", "failed to connect to all addresses; last error: UNKNOWN: ipv4:"
+         "127.0.0.1:1: Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:"
+         "1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: self signed "
+         "certificate", False),
+        ("UNAVAILABLE", "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:"
+         "1: Custom verification check failed with error: UNAUTHENTICATED: Hostname Verification "
+         "Check failed.", False),
+        ("UNAVAILABLE", "https://h:1/v1/models/m: [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+         "verify failed: self-signed certificate (_ssl.c:1006)", False),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", True),
+        ("RESOURCE_EXHAUSTED", "rate limited", True),
+        ("RESOURCE_EXHAUSTED", "Received message larger than max (5242880 vs. 4194304)", False),
+        ("INVALID_ARGUMENT", "not a decodable image", False),
+    ],
+)  # fmt: skip
+def test_what_waiting_cannot_fix_is_not_retried(code, message, retryable):
+    assert RpcError(code, message).retryable is retryable
+
+
+def test_a_stopping_run_abandons_pending_retries_at_once():
+    import threading
+    import time
+
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    with pytest.raises(RpcError):
+        call_with_retry(
+            lambda attempt: (_ for _ in ()).throw(RpcError("UNAVAILABLE", "down")),
+            RetryPolicy(initial_backoff=30, max_backoff=30, budget_s=60),
+            stop=stop,
+        )
+    assert time.monotonic() - started < 1
+
+
+class DownTransport:
+    """Every request fails as a server that is not there does."""
+
+    def __init__(self, code="UNAVAILABLE", message="Connection refused"):
+        self.code, self.message = code, message
+        self.calls = 0
+
+    def predict(self, images, attempt=0):
+        self.calls += 1
+        raise RpcError(self.code, self.message)
+
+    def close(self):
+        pass
+
+
+def test_no_server_within_the_budget_stops_the_run_without_rows():
+    import time
+
+    from client.inputs import Item
+    from client.scorer import Scorer, TlsFailure, Unreachable
+
+    config = ScoreConfig(target=["a:1", "b:2"], model_name="m", retry_budget_s=0.5,
+                         initial_backoff=0.01, max_backoff=0.05, batch_size=2,
+                         concurrency=3)  # fmt: skip
+    scorer = Scorer(config, transport=DownTransport())
+    items = [Item(f"{i}.jpg", data=b"x") for i in range(40)]
+    rows = []
+    started = time.monotonic()
+    with pytest.raises(Unreachable) as info:
+        for row in scorer.results(items):
+            rows.append(row)
+    assert rows == []
+    assert time.monotonic() - started < 2  # the other batches in flight gave up with it
+    message = info.value.explain()
+    assert message.startswith("no server answered: a:1, b:2 did not answer for 0.5 s")
+    assert "--retry-budget-s 0.5" in message and "Connection refused" in message
+
+    tls = DownTransport(message="Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL")
+    with pytest.raises(TlsFailure, match="--root-certs"):
+        Scorer(config.replace(retry_budget_s=60), transport=tls).score_batch(items[:2])
+    assert tls.calls == 1  # not retried
+
+
+def test_a_request_too_large_for_the_server_is_split_not_retried():
+    from client.inputs import Item
+    from client.scorer import Scorer
+
+    class SmallLimit(DownTransport):
+        def predict(self, images, attempt=0):
+            self.calls += 1
+            if sum(map(len, images)) > 100:
+                raise RpcError("RESOURCE_EXHAUSTED", "Received message larger than max (x vs. y)")
+            from client.transport import Prediction
+
+            return Prediction([["a"]] * len(images), [[1.0]] * len(images), 1)
+
+    config = ScoreConfig(target=["a:1"], model_name="m", max_message_mb=1)
+    items = [Item(f"{i}.jpg", data=b"x" * 30) for i in range(4)] + [
+        Item("big.jpg", data=b"x" * 200)
+    ]
+    rows = Scorer(config, transport=SmallLimit()).score_batch(items)
+    assert [r["uri"] for r in rows if "error" not in r] == [f"{i}.jpg" for i in range(4)]
+    (big,) = [r for r in rows if "error" in r]
+    assert big["uri"] == "big.jpg" and big["error"].startswith("file is 200 bytes: too large")
+
+
+def write_rows(path, rows, fmt="jsonl"):
+    with ResultWriter(str(path), fmt) as writer:
+        for row in rows:
+            writer.write(row)
+
+
+OLD_TRANSIENT = [
+    {"uri": "imgs/c.jpg", "error": "UNAVAILABLE: failed to connect to all addresses (after 6 "
+     "attempts)"},
+    {"uri": "imgs/d.jpg", "label": "x", "error": "DEADLINE_EXCEEDED: Deadline Exceeded (after 6 "
+     "attempts)"},
+    {"uri": "imgs/e.jpg", "error": "RESOURCE_EXHAUSTED: rate limited (after 6 attempts)"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_drops_old_transient_rows_and_keeps_the_rest(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / f"out.{fmt}"
+    kept = [
+        {"uri": "imgs/a.jpg", "labels": ["x", "y"], "scores": [0.75, 0.25], "model_version": 1},
+        {"uri": "./imgs/b.jpg", "error": "INVALID_ARGUMENT: not a decodable image: bad"},
+        {"uri": "imgs/f.jpg", "error": "file is 9 bytes: ... over the limit"},
+    ]
+    write_rows(path, [kept[0], OLD_TRANSIENT[0], kept[1], *OLD_TRANSIENT[1:], kept[2]], fmt)
+    mode = 0o640
+    path.chmod(mode)
+    done = prepare_resume(str(path), fmt)
+    assert done == {str(tmp_path / "imgs" / n) for n in ("a.jpg", "b.jpg", "f.jpg")}
+    assert list(read_rows(str(path), fmt)) == kept  # transient rows gone, order kept
+    assert path.stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+    before = path.read_bytes()
+    assert prepare_resume(str(path), fmt) == done and path.read_bytes() == before
+
+
+def test_canonical_uris_spellings_and_symlinks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "many").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "many")
+    absolute = str(tmp_path / "many" / "a.jpg")
+    for spelling in ("many/a.jpg", "./many/a.jpg", absolute, "many//x/../a.jpg",
+                     f"{tmp_path}/./many/a.jpg"):  # fmt: skip
+        assert canonical_uri(spelling) == absolute
+    assert canonical_uri("link/a.jpg") == str(tmp_path / "link" / "a.jpg")  # not resolved
+    assert canonical_uri("gs://b/x/../a.jpg") == "gs://b/x/../a.jpg"  # a URL as given
+    assert canonical_uri("many.tfrecord@3", "/data") == "/data/many.tfrecord@3"
+
+
+def test_resume_skips_inputs_by_image_whatever_the_spelling(tmp_path, monkeypatch, good_images):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "many" / "red"
+    folder.mkdir(parents=True)
+    for i, p in enumerate(good_images[:4]):
+        (folder / f"{i}{p.suffix}").write_bytes(p.read_bytes())
+    names = sorted(str(p.relative_to(tmp_path)) for p in folder.iterdir())
+    done = {canonical_uri(n) for n in names[:3]} | {canonical_uri("elsewhere/z.jpg")}
+    for spelling in ("many", "./many", str(tmp_path / "many"), "many/red/../red"):
+        skipped = []
+        items = list(iter_items([spelling], skip=done, on_skip=skipped.append))
+        assert [canonical_uri(i.uri) for i in items] == [canonical_uri(names[3])]
+        assert len(skipped) == 3  # inputs actually skipped, not rows in the output
+
+
+def test_an_input_that_names_nothing_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "many").mkdir()
+    (tmp_path / "many" / "a.jpg").write_bytes(b"x")
+    check_inputs(["many", "./many/a.jpg", "many/*.jpg", "many/**/*.jpg"])
+    with pytest.raises(InputNotFound, match="no such input: 'mnay'"):
+        check_inputs(["many", "mnay"])
+    with pytest.raises(InputNotFound, match=r"'many/\*\.png' \(the pattern matches no file\)"):
+        check_inputs(["many/*.png"])
