@@ -13,9 +13,10 @@ import threading
 from serving.api import ServingApi
 from serving.config import ServingConfig, load_model_config_file
 from serving.grpc_service import build_grpc_server
+from serving.http_server import RestServer
 from serving.manager import ModelManager
 from serving.metrics import Metrics
-from serving.rest import RestApi, RestServer
+from serving.rest import RestApi
 
 log = logging.getLogger(__name__)
 

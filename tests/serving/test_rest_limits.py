@@ -1,6 +1,7 @@
 """Issue 14.8: the REST server under concurrency and bad bodies.
 
-The HTTP side of `serving.rest.RestServer` is drilled here with a stand-in for the REST API (no
+The HTTP side of `serving.http_server.RestServer` is drilled here with a stand-in for the REST
+API (no
 model: what is tested is connections, bodies and errors), with raw sockets for what no HTTP
 library would send: lengths that lie, requests that stall, clients that vanish.
 """
@@ -18,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from serving.rest import RestServer
+from serving.http_server import RestServer
 
 
 class StandIn:
@@ -90,7 +91,7 @@ def json_error(status: int, headers: dict, body: bytes) -> str:
 @pytest.fixture
 def server_log(caplog, capfd):
     """Everything the server logs, and what reached stderr (where tracebacks used to go)."""
-    caplog.set_level(logging.DEBUG, logger="serving.rest")
+    caplog.set_level(logging.DEBUG, logger="serving.http_server")
 
     def read() -> tuple[list[logging.LogRecord], str]:
         return list(caplog.records), capfd.readouterr().err
