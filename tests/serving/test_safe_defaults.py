@@ -48,8 +48,6 @@ def test_host_flag_defaults_to_loopback():
 @pytest.fixture(scope="module")
 def default_server(served_base):
     """Started with no --host and no --allow_reload_config_requests."""
-    if not Path("/proc/net/tcp").exists():
-        pytest.skip("needs /proc/net/tcp to see which address a port is bound to")
     srv = start_server(
         [
             f"--port={free_port()}",
@@ -64,6 +62,8 @@ def default_server(served_base):
 
 
 def test_grpc_and_rest_bind_loopback_by_default(default_server):
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs /proc/net/tcp to see which address a port is bound to")
     for port in (default_server.grpc_port, default_server.rest_port):
         addresses = listening_addresses(port)
         assert addresses, f"nothing listens on {port}"
