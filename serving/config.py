@@ -1,7 +1,8 @@
 """Flags and config files of `tensorflow_model_server`, parsed into typed configs.
 
 The flag names, defaults and text-format config files are TF Serving's own (model_servers/main.cc,
-server.h, model_server_config.proto, session_bundle_config.proto, monitoring_config.proto), so a
+server.h, model_server_config.proto, session_bundle_config.proto, monitoring_config.proto,
+ssl_config.proto), so a
 deployment can switch between this server and the real one without changing anything else.
 A config file that does not parse is refused at start-up with `file:line: reason`.
 """
@@ -9,16 +10,19 @@ A config file that does not parse is refused at start-up with `file:line: reason
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import tyro
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.protos import BatchingParameters, MonitoringConfig
+from serving.errors import ServingError
+from serving.protos import BatchingParameters, MonitoringConfig, SSLConfig
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 INT32_MAX = 2**31 - 1  # TF Serving's gRPC server: builder.SetMaxMessageSize(INT32_MAX)
@@ -123,7 +127,21 @@ class ServerFlags:
     allow_version_labels_for_unavailable_models: GflagsBool = _flag(
         False, "allow labels on versions not yet loaded"
     )
-    host: str = _flag("0.0.0.0", "address to bind (not a TF Serving flag)")
+    ssl_config_file: str = _flag(
+        "",
+        "SSLConfig in protobuf text format (server_key, server_cert, custom_ca, client_verify): "
+        "TLS for gRPC; REST stays plain HTTP, as in TF Serving",
+    )
+    allow_reload_config_requests: GflagsBool = _flag(
+        False,
+        "accept ModelService/HandleReloadConfigRequest, and then only base paths under those the "
+        "server started with; refused (PERMISSION_DENIED) by default (not a TF Serving flag)",
+    )
+    host: str = _flag(
+        "127.0.0.1",
+        "address to bind gRPC and REST; loopback by default, 0.0.0.0 for every interface "
+        "(not a TF Serving flag: TF Serving binds 0.0.0.0)",
+    )
     verbose: GflagsBool = _flag(False, "debug logging (not a TF Serving flag)")
 
 
@@ -320,6 +338,88 @@ def load_monitoring_file(path: str) -> MonitoringOptions:
     return MonitoringOptions(prometheus_enable=prom.enable, prometheus_path=route)
 
 
+@dataclass(frozen=True)
+class SSLOptions:
+    """SSLConfig as server.cc's BuildServerCredentialsFromSSLConfigFile uses it: the fields hold
+    PEM text (not file names); client_verify requires a client certificate signed by custom_ca."""
+
+    server_key: bytes
+    server_cert: bytes
+    custom_ca: bytes | None
+    client_verify: bool
+
+
+def load_ssl_file(path: str) -> SSLOptions:
+    text = _read(path, "SSLConfig")
+    proto = parse_text_proto(text, SSLConfig(), path)
+
+    def pem(name: str, kind: str) -> bytes | None:
+        value = getattr(proto, name)
+        if not value:
+            return None
+        if f"-----BEGIN {kind}" not in value and not (
+            kind == "PRIVATE KEY" and re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY", value)
+        ):
+            raise ConfigError(
+                f"{path}:{_line_of(text, name)}: {name} must hold the PEM text itself "
+                f"(-----BEGIN {kind}-----...), not a file name"
+            )
+        return value.encode("utf-8")
+
+    key = pem("server_key", "PRIVATE KEY")
+    cert = pem("server_cert", "CERTIFICATE")
+    for name, value in (("server_key", key), ("server_cert", cert)):
+        if value is None:
+            raise ConfigError(f"{path}:1: {name} is empty")
+    ca = pem("custom_ca", "CERTIFICATE")
+    if proto.client_verify and ca is None:
+        raise ConfigError(
+            f"{path}:{_line_of(text, 'client_verify')}: client_verify needs custom_ca (the CA "
+            "that signs client certificates)"
+        )
+    return SSLOptions(key, cert, ca, bool(proto.client_verify))
+
+
+def canonical_base_path(base_path: str) -> str:
+    """A local base path made absolute with `..` and symlinks resolved; a URL (gs://...) with
+    `.` and `..` removed from its path."""
+    scheme, sep, rest = base_path.partition("://")
+    if sep:
+        return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return os.path.realpath(os.path.abspath(os.path.expanduser(base_path)))
+
+
+@dataclass(frozen=True)
+class ReloadPolicy:
+    """Who may change the model list over gRPC (HandleReloadConfigRequest). TF Serving accepts
+    any config from anyone who reaches the port; here it is off unless
+    --allow_reload_config_requests, and then every base path must be one the server started with,
+    or under one (compared after resolving `..` and symlinks)."""
+
+    allowed: bool = False
+    roots: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, allowed: bool, models: list[ModelConfig]) -> ReloadPolicy:
+        return cls(allowed, tuple(sorted({canonical_base_path(m.base_path) for m in models})))
+
+    def check(self, models: list[ModelConfig]) -> None:
+        if not self.allowed:
+            raise ServingError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "HandleReloadConfigRequest is disabled on this server; start it with "
+                "--allow_reload_config_requests to allow it",
+            )
+        for model in models:
+            path = canonical_base_path(model.base_path)
+            if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in self.roots):
+                raise ServingError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"model {model.name!r}: base_path {model.base_path!r} is not under a base "
+                    f"path this server was started with ({', '.join(self.roots)})",
+                )
+
+
 def parse_channel_arguments(text: str) -> list[tuple[str, object]]:
     """`--grpc_channel_arguments=a=1,b=x` as TF Serving's parseGrpcChannelArgs reads it."""
     options: list[tuple[str, object]] = []
@@ -340,6 +440,8 @@ class ServingConfig:
     batching: BatchingOptions | None
     monitoring: MonitoringOptions
     channel_options: list[tuple[str, object]]
+    ssl: SSLOptions | None = None
+    reload: ReloadPolicy = ReloadPolicy()
 
 
 def resolve(flags: ServerFlags) -> ServingConfig:
@@ -381,4 +483,6 @@ def resolve(flags: ServerFlags) -> ServingConfig:
         ("grpc.max_send_message_length", flags.grpc_max_message_bytes),
         *parse_channel_arguments(flags.grpc_channel_arguments),
     ]
-    return ServingConfig(flags, models, batching, monitoring, channel)
+    ssl = load_ssl_file(flags.ssl_config_file) if flags.ssl_config_file else None
+    reload = ReloadPolicy.of(flags.allow_reload_config_requests, models)
+    return ServingConfig(flags, models, batching, monitoring, channel, ssl, reload)

@@ -9,7 +9,7 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving.api import ServingApi
-from serving.config import model_configs_from_proto
+from serving.config import SSLOptions, model_configs_from_proto
 from serving.errors import ServingError, from_tf_error
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,10 @@ def build_grpc_server(
     max_threads: int,
     options: list[tuple[str, object]],
     health: bool = True,
+    ssl: SSLOptions | None = None,
 ):
-    """A started-later grpc.Server; returns (server, bound port, health servicer or None)."""
+    """A started-later grpc.Server; returns (server, bound port, health servicer or None).
+    With `ssl` the port speaks TLS only, as TF Serving's with --ssl_config_file."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
         options=options,
@@ -99,7 +101,15 @@ def build_grpc_server(
 
         health_servicer = grpc_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    if ssl is None:
+        port = server.add_insecure_port(address)
+    else:  # server.cc: client_verify -> REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+        credentials = grpc.ssl_server_credentials(
+            [(ssl.server_key, ssl.server_cert)],
+            root_certificates=ssl.custom_ca if ssl.client_verify else None,
+            require_client_auth=ssl.client_verify,
+        )
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind the gRPC port at {address}")
     return server, port, health_servicer

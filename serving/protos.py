@@ -1,8 +1,9 @@
 """TF Serving config messages that the tensorflow-serving-api wheel does not ship.
 
-`BatchingParameters` (servables/tensorflow/session_bundle_config.proto) and `MonitoringConfig`
-(config/monitoring_config.proto) are rebuilt here from their upstream definitions, with the same
-package, names and field numbers, so the same text files parse here and in tensorflow_model_server.
+`BatchingParameters` (servables/tensorflow/session_bundle_config.proto), `MonitoringConfig`
+(config/monitoring_config.proto) and `SSLConfig` (config/ssl_config.proto) are rebuilt here from
+their upstream definitions, with the same package, names and field numbers, so the same text files
+parse here and in tensorflow_model_server.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         name="MonitoringConfig",
         field=[_field("prometheus_config", 1, msg, ".tensorflow.serving.PrometheusConfig")],
     )
+    f.message_type.add(  # the PEM texts themselves, not file names (server.cc reads them as is)
+        name="SSLConfig",
+        field=[
+            _field("server_key", 1, _F.TYPE_STRING),
+            _field("server_cert", 2, _F.TYPE_STRING),
+            _field("custom_ca", 3, _F.TYPE_STRING),
+            _field("client_verify", 4, _F.TYPE_BOOL),
+        ],
+    )
     return f
 
 
@@ -68,7 +78,8 @@ def _build():
     return (
         get(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")),
         get(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")),
+        get(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig")),
     )
 
 
-BatchingParameters, MonitoringConfig = _build()
+BatchingParameters, MonitoringConfig, SSLConfig = _build()

@@ -35,7 +35,7 @@ class ModelServer:
             warmup=flags.enable_model_warmup,
             allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models,
         )
-        self.api = ServingApi(self.manager, self.metrics)
+        self.api = ServingApi(self.manager, self.metrics, config.reload)
         self.grpc_server = None
         self.rest_server = None
         self.health = None
@@ -53,9 +53,15 @@ class ModelServer:
             max_threads=flags.grpc_max_threads,
             options=self.config.channel_options,
             health=flags.enable_grpc_healthcheck_service,
+            ssl=self.config.ssl,
         )
         self.grpc_server.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", flags.host, self.grpc_port)
+        log.info(
+            "Running gRPC ModelServer at %s:%d (%s) ...",
+            flags.host,
+            self.grpc_port,
+            "TLS" if self.config.ssl else "plaintext",
+        )
         if flags.rest_api_port:
             prom = self.config.monitoring
             rest = RestApi(self.api, prom.prometheus_path if prom.prometheus_enable else None)

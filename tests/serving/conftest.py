@@ -50,6 +50,7 @@ def server(served_base, tmp_path_factory):
             f"--batching_parameters_file={configs / 'batching.config'}",
             f"--monitoring_config_file={configs / 'monitoring.config'}",
             "--file_system_poll_wait_seconds=0",
+            "--allow_reload_config_requests",  # test_reload_config_...
         ]
     )
     yield srv
