@@ -2,8 +2,10 @@
 
 `--help` and bad flags are answered here, from beam_jobs/flags.py, without importing Beam or
 TensorFlow; then the job module runs (it parses the same flags again, cheaply). The help text is
-the job module's docstring, read from its source. `python -m beam_jobs.JOB` runs the job module
-directly.
+the job module's docstring, read from its source. `python -m beam_jobs.JOB` runs the job module,
+whose `__main__` block calls `main` of `beam_jobs.JOB` imported by that name, so that the job never
+runs from `__main__`, whose classes and functions Beam's workers could not import
+(docs/reliability.md).
 """
 
 from __future__ import annotations

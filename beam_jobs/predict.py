@@ -218,4 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m beam_jobs.predict` runs this file as `__main__`, and what it defines (DoFns,
+    # model handlers, lambdas, any element type) would reach Beam's workers as `__main__.<name>`:
+    # pickled by value at best, and not at all where Beam falls back to the standard pickle
+    # (an element type: "Can't pickle <class '__main__.ImageKey'>"). So the job runs from the
+    # importable module, as the console script runs it; workers import `beam_jobs.predict`.
+    from beam_jobs.predict import main as job_main
+
+    sys.exit(job_main())
