@@ -40,6 +40,7 @@ from beam_jobs.common import (
 from beam_jobs.flags import parse_predict_flags
 from beam_jobs.inputs import LIST_SUFFIXES, parse_list_line
 from export.contract import IMAGE_EXTENSIONS, INPUT_KEY, SERVING_DEFAULT
+from export.publishing.versions import resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PredictConfig, list[str]]:
 
 def resolve_version_dir(model_dir: str, version: int | None) -> str:
     """Local paths: the highest integer version (as TF Serving picks); a version dir as is."""
-    from export.publishing.versions import resolve_version
-
     return str(resolve_version(Path(model_dir), version))
 
 

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 import tyro
 
 from client.cliargs import parse
+from client.inputs import read_bytes
+from client.output import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,6 @@ def _load_thumbnail(uri: str):
     import numpy as np
     from PIL import Image
 
-    from client.inputs import read_bytes
-
     try:
         with Image.open(io.BytesIO(read_bytes(uri))) as image:
             image = image.convert("RGB")
@@ -166,8 +166,6 @@ def plot_misclassified(rows: list[dict], path: str) -> None:
 def evaluate(config: EvaluateConfig) -> Report:
     import numpy as np
     from sklearn.metrics import classification_report, confusion_matrix
-
-    from client.output import read_rows
 
     report = Report(top_k=config.top_k)
     truth: list[str] = []

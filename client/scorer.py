@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from client.batching import batches, bisect, fits_alone, request_bytes
 from client.config import ScoreConfig
 from client.inputs import Item, check_inputs, iter_items
+from client.output import ResultWriter, prepare_resume
 from client.retry import RETRYABLE, RetryPolicy, RpcError, call_with_retry
 
 log = logging.getLogger(__name__)
@@ -309,8 +310,6 @@ def run(config: ScoreConfig) -> Summary:
     `ScoringAborted` when the run cannot go on (its `summary` says what was written before).
     """
     from tqdm import tqdm
-
-    from client.output import ResultWriter, prepare_resume
 
     config.validate()
     if not config.output:

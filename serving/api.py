@@ -11,7 +11,7 @@ from tensorflow_serving.apis import (
     model_management_pb2,
 )
 
-from serving import inference
+from serving import inference, json_request
 from serving.config import ReloadPolicy
 from serving.errors import ServingError, invalid
 from serving.manager import ModelManager
@@ -68,8 +68,6 @@ class ServingApi:
 
     def predict_json(self, name, version, label, doc, entrypoint="REST"):
         """REST predict: JSON doc -> (outputs, row|columnar) using the signature's TensorInfos."""
-        from serving import json_request
-
         with self._call(name, "predict", entrypoint, version=version, label=label) as h:
             signature = json_request.signature_name(doc)
             key = signature or inference.DEFAULT_SIGNATURE
