@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import tyro
 
-from client.cliargs import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, parse
+from client.cliargs import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, import_tensorflow_quietly, parse
 from client.config import ScoreConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xfer-score: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.quiet)
+    import_tensorflow_quietly()
     from client.inputs import InputNotFound
     from client.scorer import ScoringAborted, Unreachable, run
 

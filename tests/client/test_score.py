@@ -352,3 +352,34 @@ def test_a_mistyped_input_stops_before_anything_is_scored(target, good_images, t
     assert code == 2, err
     assert f"no such input: '{missing}'" in err and "nothing was scored" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("user_level", [None, "0"])
+def test_tensorflow_start_up_notices_are_dropped_unless_the_user_sets_the_level(
+    target, good_images, tmp_path, user_level
+):
+    """stdout holds results, stderr what the user needs: TensorFlow's start-up notices (oneDNN,
+    CUDA drivers, absl), which tensorflow-serving-api's protos pull in, are dropped by default;
+    a user who sets TF_CPP_MIN_LOG_LEVEL gets everything TensorFlow says."""
+    import subprocess
+    import sys
+
+    from clienttools import REPO, client_env
+
+    env = {k: v for k, v in client_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if user_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = user_level
+    out = tmp_path / "s.jsonl"
+    args = [*(str(p) for p in good_images[:2]), "--target", target, "--model-name", MODEL]
+    done = subprocess.run(
+        [sys.executable, "-m", "client", *args, "--output", str(out), "--quiet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and len(rows_of(out)) == 2
+    noisy = "oneDNN custom operations" in done.stderr or "InitializeLog" in done.stderr
+    assert noisy == (user_level is not None), done.stderr
