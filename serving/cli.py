@@ -15,7 +15,8 @@ import sys
 import tempfile
 import threading
 
-from serving.config import EXIT_OK, EXIT_USAGE, ConfigError, parse_flags, resolve
+from serving.config import ConfigError, resolve
+from serving.flags import EXIT_OK, EXIT_USAGE, parse_flags
 
 log = logging.getLogger("serving.server")
 

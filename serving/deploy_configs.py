@@ -28,8 +28,8 @@ from serving.config import (
     load_batching_file,
     load_model_config_file,
     load_monitoring_file,
-    parse,
 )
+from serving.flags import parse
 from serving.protos import BatchingParameters, MonitoringConfig
 
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"

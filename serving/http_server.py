@@ -17,7 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from serving import json_response
-from serving.config import (
+from serving.flags import (
     REST_LISTEN_BACKLOG,
     REST_MAX_BODY_BYTES,
     REST_MAX_CONNECTIONS,
@@ -223,7 +223,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class RestServer:
-    """The HTTP server in a background thread (limits: serving/config.py, xfer-serve's flags)."""
+    """The HTTP server in a background thread (limits: serving/flags.py, xfer-serve's flags)."""
 
     def __init__(
         self,

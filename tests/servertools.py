@@ -52,7 +52,8 @@ def two_version_config(path: Path, model: str, base: Path, labels=LABELS) -> Pat
 
 def start_server(argv: list[str]):
     """serving.server.ModelServer in this process, started (loaded and warmed up)."""
-    from serving.config import parse_flags, resolve
+    from serving.config import resolve
+    from serving.flags import parse_flags
     from serving.server import ModelServer
 
     return ModelServer(resolve(parse_flags(argv))).start()

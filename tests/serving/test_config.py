@@ -11,9 +11,9 @@ from serving.config import (
     load_batching_file,
     load_model_config_file,
     load_monitoring_file,
-    parse_flags,
     resolve,
 )
+from serving.flags import parse_flags
 from serving.versions import aspired_versions, version_dirs
 
 MODELS = """model_config_list {

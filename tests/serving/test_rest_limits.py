@@ -268,7 +268,8 @@ def test_the_limits_are_xfer_serve_flags(tmp_path):
     server with no model yet: nothing is loaded), and a limit must be positive."""
     from servertools import free_port, start_server
 
-    from serving.config import ConfigError, parse_flags, resolve
+    from serving.config import ConfigError, resolve
+    from serving.flags import parse_flags
 
     defaults = parse_flags(["--model_base_path=/m"])
     assert (defaults.rest_api_max_body_bytes, defaults.rest_api_read_timeout_in_ms) == (

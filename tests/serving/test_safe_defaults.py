@@ -14,8 +14,9 @@ import pytest
 from servertools import free_port, start_server
 from testconfig import MODEL
 
-from serving.config import ConfigError, parse_flags
+from serving.config import ConfigError
 from serving.errors import ServingError
+from serving.flags import parse_flags
 
 # ---------------------------------------------------------------- loopback by default
 
