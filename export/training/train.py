@@ -18,6 +18,7 @@ from export.features.extraction import FeatureTable, compute_features
 from export.features.sources import InMemoryFeatures, TFRecordFeatures, content_hash
 from export.model.backbones import BackboneConfig, build_feature_extractor
 from export.model.heads import build_head, build_optimizer
+from export.model.preprocessing import PREPROCESSING_VERSION
 from export.plots import plot_curves
 from export.training.config import TrainConfig, TrainResult
 from export.training.evaluation import (
@@ -136,6 +137,15 @@ def _features_from_images(config: TrainConfig) -> tuple[InMemoryFeatures, keras.
 
 def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> TrainConfig:
     """The bottlenecks' backbone is the one the exported model must contain."""
+    made_with = str(source.metadata.get("preprocessing_version", "1"))
+    if made_with != PREPROCESSING_VERSION:
+        # The exported model would decode images with this version's preprocessing: a head
+        # trained on features of another would see different pixels at serving time.
+        raise ValueError(
+            f"{source.prefix}: bottlenecks made with preprocessing version {made_with}, but this"
+            f" xfer preprocesses with version {PREPROCESSING_VERSION} (docs/preprocessing.md);"
+            " compute them again with xfer-bottlenecks, or train from the images"
+        )
     backbone = BackboneConfig.from_dict(source.metadata["backbone"])
     split = source.metadata.get("split", {})
     return dataclasses.replace(
