@@ -50,8 +50,8 @@ JPEG_RATIOS = (1, 2, 4, 8)
 JPEG_SCALE_MARGIN = 4
 # The resize's float working set: TensorFlow's kernel (ScaleAndTranslate) resizes the rows first
 # into a [S, W, 3] float32 intermediate. Where that would exceed this, the image is resized in
-# bands of rows, columns first, which needs [H, S, 3] instead (_resize_in_bands).
-RESIZE_WORKSPACE_BYTES = 24 << 20
+# bands of rows, columns first, which needs [S, H] weights instead (_resize_in_bands).
+RESIZE_WORKSPACE_BYTES = 16 << 20
 _BAND_BYTES = 2 << 20  # uint8 bytes of one band of rows
 _GIF_LOOKAHEAD = 1024  # sub-blocks of one length skipped per step
 _GIF_MAX_STEPS = 4096
@@ -351,33 +351,48 @@ def _scale(images: tf.Tensor, size, scale) -> tf.Tensor:
     )
 
 
+def _height_weights(height: tf.Tensor, size: int) -> tf.Tensor:
+    """[S, H] float32: the weights the antialiased bilinear kernel gives input row h in output row
+    y, computed as ScaleAndTranslate computes them (triangle kernel widened by the downscale,
+    sampled at pixel centres, clamped to the image, each row normalised to sum 1)."""
+    scale = tf.cast(size, tf.float32) / tf.cast(height, tf.float32)
+    inv_scale = tf.cast(1.0 / tf.cast(scale, tf.float64), tf.float32)
+    kernel_scale = tf.maximum(inv_scale, 1.0)
+    centres = (tf.range(size, dtype=tf.float32) + 0.5) * inv_scale  # [S]
+    rows = tf.range(height, dtype=tf.float32) + 0.5  # [H]
+    # Divisions, not multiplications by a reciprocal: in a tf.function grappler rewrites the
+    # latter into the former, which would differ in the last bit from eager mode and tf.data.
+    distance = tf.abs((rows[None, :] - centres[:, None]) / kernel_scale)
+    weights = tf.maximum(1.0 - distance, 0.0)
+    return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
+
+
 def _resize_in_bands(rows_of, height, width, size: int) -> tf.Tensor:
     """Columns first, for images far wider than tall: each band of rows (`rows_of(start, stop)`,
-    uint8 [b, W, 3]) is transposed and narrowed to S columns, the [H, S, 3] float result then
-    resized down its height. The float working set is 2 x 12*S*H bytes, not 12*S*W; the result
+    uint8 [b, W, 3]) is transposed and narrowed to S columns by the kernel, then added into the
+    output through the height pass's weights (an [S, b] slice of _height_weights). The float
+    working set is those weights (4*S*H bytes) and one band, not the kernel's 12*S*W; the result
     equals the one-call resize up to float rounding (the passes run in the other order)."""
     band = tf.maximum(tf.constant(1, tf.int64), _BAND_BYTES // (3 * width))
-    count = (height + band - 1) // band
+    count = tf.cast((height + band - 1) // band, tf.int32)
     narrow = tf.cast(size, tf.float32) / tf.cast(width, tf.float32)
-    shorten = tf.cast(size, tf.float32) / tf.cast(height, tf.float32)
+    weights = _height_weights(height, size)
 
-    def body(i, parts):
+    def body(i, total):
         start = tf.cast(i, tf.int64) * band
         stop = tf.minimum(height, start + band)
         across = tf.transpose(rows_of(start, stop), [1, 0, 2])[None]  # [1, W, b, 3]
-        narrowed = _scale(across, [size, stop - start], [narrow, 1.0])  # [1, S, b, 3]
-        return i + 1, parts.write(i, tf.transpose(narrowed[0], [1, 0, 2]))
+        narrowed = _scale(across, [size, stop - start], [narrow, 1.0])[0]  # [S, b, 3]
+        rows = tf.reshape(tf.transpose(narrowed, [1, 0, 2]), [-1, size * 3])  # [b, S*3]
+        return i + 1, total + tf.matmul(weights[:, start:stop], rows)
 
-    parts = tf.TensorArray(
-        tf.float32, size=tf.cast(count, tf.int32), element_shape=[None, size, 3], infer_shape=False
-    )
-    _, parts = tf.while_loop(
-        lambda i, _: i < tf.cast(count, tf.int32),
+    _, total = tf.while_loop(
+        lambda i, _: i < count,
         body,
-        (tf.constant(0), parts),
+        (tf.constant(0), tf.zeros([size, size * 3])),
         parallel_iterations=1,
     )
-    return _scale(parts.concat()[None], [size, size], [shorten, 1.0])[0]
+    return tf.reshape(total, [size, size, 3])
 
 
 def _resize(image: tf.Tensor, table: tf.Tensor, size: int) -> tf.Tensor:
@@ -386,8 +401,8 @@ def _resize(image: tf.Tensor, table: tf.Tensor, size: int) -> tf.Tensor:
     on a cast copy (`static_cast<float>` of each sample), so the result is the same to the bit."""
     shape = tf.shape(image, out_type=tf.int64)
     height, width = shape[0], shape[1]
-    rows_cost = 12 * size * width  # the one-call kernel's intermediate
-    columns_cost = 2 * 12 * size * height  # _resize_in_bands' [H, S, 3] and its concatenation
+    rows_cost = 12 * size * width  # the one-call kernel's float intermediate, [S, W, 3]
+    columns_cost = 4 * size * height  # _resize_in_bands' height weights, [S, H]
     paletted = tf.shape(table)[0] > 0
 
     def direct():
