@@ -18,8 +18,8 @@ Contract (version PREPROCESSING_VERSION):
 4. Resize to the backbone's square input with bilinear interpolation and antialiasing
    (`tf.image.resize(method="bilinear", antialias=True)`), ignoring the aspect ratio, on the
    uint8 pixels: memory per image is bounded by the decoded image at one byte a sample, never a
-   float copy of it (an image far wider than tall is resized in bands, columns first, equal up
-   to float rounding; see _resize).
+   float copy of it (an image whose width would make the kernel's float intermediate large is
+   resized in bands, columns first, equal up to float rounding; see _resize).
 5. Normalise as the backbone's own `preprocess_input` does (the registry names the mode; a test
    checks each mode against Keras' function). The arithmetic is written as multiply-and-add on
    purpose: graph optimisers rewrite `x / c` as `x * (1 / c)`, which changes the last bit of some
@@ -368,7 +368,7 @@ def _height_weights(height: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _resize_in_bands(rows_of, height, width, size: int) -> tf.Tensor:
-    """Columns first, for images far wider than tall: each band of rows (`rows_of(start, stop)`,
+    """Columns first, for wide images: each band of rows (`rows_of(start, stop)`,
     uint8 [b, W, 3]) is transposed and narrowed to S columns by the kernel, then added into the
     output through the height pass's weights (an [S, b] slice of _height_weights). The float
     working set is those weights (4*S*H bytes) and one band, not the kernel's 12*S*W; the result
@@ -398,7 +398,9 @@ def _resize_in_bands(rows_of, height, width, size: int) -> tf.Tensor:
 def _resize(image: tf.Tensor, table: tf.Tensor, size: int) -> tf.Tensor:
     """uint8 pixels (or palette indices and their table) -> float32 [S, S, 3], never holding a
     float copy of the full-size image: the kernel takes uint8 and computes in float32 exactly as
-    on a cast copy (`static_cast<float>` of each sample), so the result is the same to the bit."""
+    on a cast copy (`static_cast<float>` of each sample), so the result is the same to the bit.
+    Where that kernel's [S, W, 3] intermediate would pass RESIZE_WORKSPACE_BYTES and the bands
+    path's [S, H] weights are smaller (H < 3W), and always for a palette, in bands."""
     shape = tf.shape(image, out_type=tf.int64)
     height, width = shape[0], shape[1]
     rows_cost = 12 * size * width  # the one-call kernel's float intermediate, [S, W, 3]
