@@ -137,7 +137,8 @@ def _features_from_images(config: TrainConfig) -> tuple[InMemoryFeatures, keras.
 
 def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> TrainConfig:
     """The bottlenecks' backbone is the one the exported model must contain."""
-    made_with = str(source.metadata.get("preprocessing_version", "1"))
+    meta = source.metadata
+    made_with = str(meta.get("preprocessing_version") or meta["preprocessing"].get("version", "1"))
     if made_with != PREPROCESSING_VERSION:
         # The exported model would decode images with this version's preprocessing: a head
         # trained on features of another would see different pixels at serving time.
