@@ -11,7 +11,7 @@ import tensorflow as tf
 from imagegen import encode
 from PIL import Image
 
-from export.model import preprocessing
+from export.model import image_headers, resize
 from export.model.backbones import BackboneConfig
 from export.model.preprocessing import (
     NORMALIZATIONS,
@@ -79,7 +79,7 @@ def test_wide_images_are_resized_in_bands_equal_up_to_rounding(width, height, mo
     # 70,000 x 3 at input size 32: the one-call kernel's [32, 70000, 3] float intermediate is over
     # RESIZE_WORKSPACE_BYTES, so the bands path runs as it is. 400 x 60: the same path, forced.
     if width < 1000:
-        monkeypatch.setattr(preprocessing, "RESIZE_WORKSPACE_BYTES", 1000)
+        monkeypatch.setattr(resize, "RESIZE_WORKSPACE_BYTES", 1000)
     image = noise(width, height)
     out = Preprocessor(TINY)(tf.constant(encode(image, "PNG"))).numpy()
     # Normalised units (2/255 a grey level): the passes run in the other order.
@@ -146,7 +146,8 @@ def test_only_the_first_gif_frame_reaches_the_decoder():
     data = _animated_gif(comment=b"a comment", interlace=True)
     (first, end), second = _gif_frames(data)[:2]
     contents = tf.constant(data)
-    width, height, found = preprocessing._gif_first_frame(contents, preprocessing._header(contents))
+    header = image_headers.read_header(contents)
+    width, height, found = image_headers.gif_first_frame(contents, header)
     assert (int(width), int(height), int(found)) == (64, 48, end)
     assert end < second[0]
     decoded = decode_image(data).numpy()
@@ -171,10 +172,10 @@ def test_gif_whose_blocks_take_too_many_steps_is_refused():
         chunked += bytes([size]) + payload[i : i + size]
         i, n = i + size, n + 1
     chunked += data[end:]
-    assert n > preprocessing._GIF_MAX_STEPS
+    assert n > image_headers.GIF_MAX_STEPS
     reason = EagerPreprocessor(Preprocessor(TINY))(bytes(chunked))[1]
     assert reason == (
-        f"not a decodable image: GIF structure needs more than {preprocessing._GIF_MAX_STEPS}"
+        f"not a decodable image: GIF structure needs more than {image_headers.GIF_MAX_STEPS}"
         " steps to read"
     )
 
