@@ -130,6 +130,15 @@ def gif_first_frame(contents: tf.Tensor, header: tf.Tensor):
         return tf.identity(width), tf.identity(height), tf.identity(end)
 
 
+# Called, not inlined: inlined, the walk's nodes would run (as a dead branch) for every image.
+_gif_first_frame_call = tf.function(
+    gif_first_frame,
+    input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([HEADER_BYTES], tf.uint8)],
+    autograph=False,
+    experimental_attributes={"_noinline": True},
+)
+
+
 def header_size(contents: tf.Tensor, header: tf.Tensor, fmt: tf.Tensor):
     """(width, height, end) from the file's headers alone; `end` is for GIF only."""
     zero = tf.constant(0, tf.int64)
@@ -143,7 +152,7 @@ def header_size(contents: tf.Tensor, header: tf.Tensor, fmt: tf.Tensor):
 
     def gif():
         screen_width, screen_height = uint_at(header, 6, 2, False), uint_at(header, 8, 2, False)
-        width, height, end = gif_first_frame(contents, header)
+        width, height, end = _gif_first_frame_call(contents, header)
         # The guard checks the larger of the logical screen and the first frame.
         frame_larger = width * height > screen_width * screen_height
         return (
