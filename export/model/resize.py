@@ -13,7 +13,8 @@ import tensorflow as tf
 
 RESIZE_METHOD = "bilinear"
 # The resize's float working set: where the kernel's [S, W, 3] float32 intermediate would exceed
-# this, the image is resized in bands, which needs [S, H] weights instead.
+# this (and the image is not over 3 times taller than wide), it is resized in bands, which hold
+# one band at a time.
 RESIZE_WORKSPACE_BYTES = 16 << 20
 BAND_BYTES = 512 << 10  # uint8 bytes of one band of rows
 
