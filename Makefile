@@ -156,3 +156,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/beam_bench.py
 	$(BIN)/python bench/serving_bench.py
 	$(BIN)/python bench/client_bench.py
+	$(BIN)/python bench/memory_bench.py

@@ -1,2 +1,3 @@
 """The model contract every stage shares: the backbone registry, the preprocessing function
-(bytes -> normalised pixels), the classifier heads, and the pretrained ImageNet classifier."""
+(bytes -> normalised pixels; image_headers.py and resize.py are its parts), the classifier heads,
+and the pretrained ImageNet classifier."""

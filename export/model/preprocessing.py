@@ -5,17 +5,30 @@ sees at serving time is, by construction, what it saw in training.
 
 Contract (version PREPROCESSING_VERSION):
 1. Sniff the format from the magic bytes: JPEG, PNG, GIF, BMP; anything else is refused.
-2. Read width and height from the header and refuse images over `max_pixels` *before* decoding,
-   so a decompression bomb is never expanded.
+2. Read width and height from the headers and refuse images over `max_pixels` *before* decoding,
+   so a decompression bomb is never expanded. For a GIF that is the larger of the logical screen
+   and the first frame's descriptor (TensorFlow decodes the frame's size), and only the first
+   frame's bytes reach the decoder (giflib would read every frame into memory).
 3. Decode to 8-bit RGB: grayscale is replicated, alpha is dropped (not composited), palette
    images (PNG, GIF, 8-bit BMP) are looked up, CMYK/YCCK JPEGs are converted, 16-bit PNG
-   samples keep their high byte, an animated GIF gives its first frame.
+   samples keep their high byte, an animated GIF gives its first frame. Since version 2, a JPEG
+   whose shorter side is at least JPEG_SCALE_MARGIN x 2 x the input size is decoded at 1/2, 1/4
+   or 1/8 scale (libjpeg's reduced IDCT): the largest that keeps the shorter side at least
+   JPEG_SCALE_MARGIN x the input size.
 4. Resize to the backbone's square input with bilinear interpolation and antialiasing
-   (`tf.image.resize(method="bilinear", antialias=True)`), ignoring the aspect ratio.
+   (`tf.image.resize(method="bilinear", antialias=True)`), ignoring the aspect ratio, on the
+   uint8 pixels: memory per image is bounded by the decoded image at one byte a sample, never a
+   float copy of it (an image whose width would make the kernel's float intermediate large is
+   resized in bands, columns first, equal up to float rounding; see export/model/resize.py).
 5. Normalise as the backbone's own `preprocess_input` does (the registry names the mode; a test
    checks each mode against Keras' function). The arithmetic is written as multiply-and-add on
    purpose: graph optimisers rewrite `x / c` as `x * (1 / c)`, which changes the last bit of some
    values in a tf.function but not in eager mode, and zero skew means bit-identical inputs.
+
+Version 1 decoded every JPEG at full size and cast the full-size image to float32 before resizing
+(about 500 MB for a 36-megapixel PNG of a few kilobytes). Models exported with it keep it: the
+preprocessing is in their graph. Bottlenecks record the version, and training refuses ones made
+with another.
 """
 
 from __future__ import annotations
@@ -27,10 +40,23 @@ import tensorflow as tf
 
 from export.contract import DECODE_SCOPE
 from export.model.backbones import BackboneConfig
+from export.model.image_headers import (
+    BMP,
+    UNKNOWN,
+    bmp_colour_table,
+    header_size,
+    read_header,
+    sniff,
+    uint_at,
+)
 from export.model.names import DEFAULT_MAX_PIXELS
+from export.model.resize import RESIZE_METHOD, resize_image
 
-PREPROCESSING_VERSION = "1"
-RESIZE_METHOD = "bilinear"
+PREPROCESSING_VERSION = "2"
+# Version 2: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's reduced IDCT), the largest
+# that leaves its shorter side at least JPEG_SCALE_MARGIN times the input size.
+JPEG_RATIOS = (1, 2, 4, 8)
+JPEG_SCALE_MARGIN = 4
 
 # mode -> (description, function on float32 RGB in [0, 255])
 NORMALIZATIONS = {
@@ -52,85 +78,31 @@ NORMALIZATIONS = {
     "lite": ("subtract 127, divide by 128", lambda x: x * (1.0 / 128.0) - 127.0 / 128.0),
 }
 
-_UNKNOWN, _JPEG, _PNG, _GIF, _BMP = 0, 1, 2, 3, 4
-_HEADER_BYTES = 64
+
+def _jpeg_ratio_index(width: tf.Tensor, height: tf.Tensor, size: int) -> tf.Tensor:
+    """Index into JPEG_RATIOS of the largest ratio that leaves the shorter side of the decoded
+    image at least JPEG_SCALE_MARGIN times the model's input size."""
+    shorter = tf.minimum(width, height)
+    index = tf.constant(0)
+    for i, ratio in enumerate(JPEG_RATIOS[1:], start=1):
+        index = tf.where(shorter >= JPEG_SCALE_MARGIN * ratio * size, i, index)
+    return index
 
 
-def _u(header: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tensor:
-    """Unsigned integer of `size` bytes at `start` of a uint8 header tensor, as int64."""
-    value = tf.constant(0, tf.int64)
-    order = range(size) if big_endian else reversed(range(size))
-    for i in order:
-        value = value * 256 + tf.cast(header[start + i], tf.int64)
-    return value
-
-
-def _sniff(header: tf.Tensor) -> tf.Tensor:
-    def starts(*magic: int) -> tf.Tensor:
-        return tf.reduce_all(tf.equal(header[: len(magic)], tf.constant(magic, tf.uint8)))
-
-    return tf.case(
-        [
-            (starts(0xFF, 0xD8, 0xFF), lambda: tf.constant(_JPEG)),
-            (starts(0x89, 0x50, 0x4E, 0x47), lambda: tf.constant(_PNG)),
-            (starts(0x47, 0x49, 0x46, 0x38), lambda: tf.constant(_GIF)),
-            (starts(0x42, 0x4D), lambda: tf.constant(_BMP)),
-        ],
-        default=lambda: tf.constant(_UNKNOWN),
-        exclusive=True,
-    )
-
-
-def _header_size(contents: tf.Tensor, header: tf.Tensor, fmt: tf.Tensor):
-    """(width, height) from the file header alone."""
-
-    def jpeg():
-        shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)
-        return shape[1], shape[0]
-
-    def png():
-        return _u(header, 16, 4, True), _u(header, 20, 4, True)
-
-    def gif():
-        return _u(header, 6, 2, False), _u(header, 8, 2, False)
-
-    def bmp():
-        width = _u(header, 18, 4, False)
-        height = _u(header, 22, 4, False)
-        # A negative (two's complement) height marks a top-down bitmap.
-        height = tf.where(height >= 2**31, 2**32 - height, height)
-        return width, height
-
-    def unknown():
-        return tf.constant(0, tf.int64), tf.constant(0, tf.int64)
-
-    return tf.switch_case(fmt, [unknown, jpeg, png, gif, bmp])
-
-
-def _decode_palette_bmp(contents: tf.Tensor, header: tf.Tensor) -> tf.Tensor:
-    """8-bit BMPs index a colour table that tf.io.decode_bmp ignores; look it up here."""
-    indices = tf.io.decode_bmp(contents, channels=0)[..., 0]
-    dib_size = _u(header, 14, 4, False)
-    colours_used = _u(header, 46, 4, False)
-    colours = tf.where(colours_used == 0, tf.constant(256, tf.int64), colours_used)
-    table = tf.strings.substr(contents, 14 + dib_size, colours * 4)
-    bgra = tf.reshape(tf.io.decode_raw(table, tf.uint8), [-1, 4])
-    rgb = tf.reverse(bgra[:, :3], axis=[1])
-    return tf.gather(rgb, tf.cast(indices, tf.int32))
-
-
-def decode_image(contents: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """Scalar string -> uint8 [H, W, 3], refusing unknown formats and oversized images."""
+def _decode(contents: tf.Tensor, max_pixels: int, size: int | None):
+    """(pixels, palette): uint8 [H, W, 3] and an empty [0, 3] palette, or for an 8-bit BMP its
+    uint8 [H, W, 1] colour indices and [N, 3] colour table (looked up by the caller, band by
+    band, so that the image is never held at full size in more than one byte per pixel).
+    With `size`, a large JPEG is decoded at a reduced DCT scale (_jpeg_ratio_index)."""
     contents = tf.convert_to_tensor(contents, tf.string)
-    padded = contents + tf.constant(b"\0" * _HEADER_BYTES)
-    header = tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8)
-    fmt = _sniff(header)
+    header = read_header(contents)
+    fmt = sniff(header)
     known = tf.debugging.Assert(
-        fmt != _UNKNOWN,
+        fmt != UNKNOWN,
         ["not a decodable image: unknown format (expected JPEG, PNG, GIF or BMP)"],
     )
     with tf.control_dependencies([known]):
-        width, height = _header_size(contents, header, fmt)
+        width, height, end = header_size(contents, header, fmt)
     pixels = width * height
     message = tf.strings.format(
         "image is {}x{} = {} pixels, over the limit of {} (max_pixels)",
@@ -140,27 +112,68 @@ def decode_image(contents: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
     not_empty = tf.debugging.Assert(
         pixels > 0, ["not a decodable image: header declares zero width or height"]
     )
-    bits_per_pixel = _u(header, 28, 2, False)
-    is_bmp = tf.equal(fmt, _BMP)
+    bits_per_pixel = uint_at(header, 28, 2, False)
+    is_bmp = tf.equal(fmt, BMP)
     bmp_depth_ok = tf.debugging.Assert(
         tf.logical_or(tf.logical_not(is_bmp), bits_per_pixel >= 8),
         [tf.strings.format("BMP with {} bits per pixel is not supported", bits_per_pixel)],
     )
+    no_palette = tf.zeros([0, 3], tf.uint8)
 
     def generic():
         return tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
 
     def jpeg():
-        # The accurate integer IDCT: the library default trades accuracy for speed.
-        return tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE")
+        def at(ratio):
+            # The accurate integer IDCT: the library default trades accuracy for speed. At a
+            # reduced scale libjpeg computes a smaller IDCT from the same coefficients.
+            return lambda: tf.io.decode_jpeg(
+                contents, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
+            )
 
-    def bmp():
-        return tf.cond(
-            tf.equal(bits_per_pixel, 8), lambda: _decode_palette_bmp(contents, header), generic
+        if size is None:
+            return at(1)(), no_palette
+        index = _jpeg_ratio_index(width, height, size)
+        return tf.switch_case(index, [at(r) for r in JPEG_RATIOS]), no_palette
+
+    def gif():
+        # Only the first frame's bytes (and a trailer) reach the decoder: giflib reads every
+        # frame of a file into memory before TensorFlow looks at the first.
+        first = tf.cond(
+            end < tf.cast(tf.strings.length(contents), tf.int64),
+            lambda: tf.strings.substr(contents, tf.constant(0, tf.int64), end) + b"\x3b",
+            lambda: contents,
+        )
+        return (
+            tf.io.decode_image(first, channels=3, dtype=tf.uint8, expand_animations=False),
+            no_palette,
         )
 
+    def bmp():
+        def palette():
+            indices = tf.io.decode_bmp(contents, channels=0)
+            return indices[..., :1], bmp_colour_table(contents, header)
+
+        return tf.cond(tf.equal(bits_per_pixel, 8), palette, lambda: (generic(), no_palette))
+
     with tf.control_dependencies([within_limit, not_empty, bmp_depth_ok]):
-        image = tf.switch_case(fmt, [generic, jpeg, generic, generic, bmp])
+        image, table = tf.switch_case(
+            fmt,
+            [lambda: (generic(), no_palette), jpeg, lambda: (generic(), no_palette), gif, bmp],
+        )
+    image.set_shape([None, None, None])
+    return image, table
+
+
+def decode_image(contents: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """Scalar string -> uint8 [H, W, 3] at full size, refusing unknown formats and oversized
+    images (for display; the model's input is `Preprocessor`'s)."""
+    image, table = _decode(contents, max_pixels, size=None)
+    image = tf.cond(
+        tf.shape(table)[0] > 0,
+        lambda: tf.gather(table, tf.cast(image[..., 0], tf.int32)),
+        lambda: image,
+    )
     image.set_shape([None, None, 3])
     return image
 
@@ -186,19 +199,23 @@ class Preprocessor:
         return tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32)
 
     def __call__(self, contents: tf.Tensor) -> tf.Tensor:
-        image = decode_image(contents, self.max_pixels)
         size = self.image_size
-        resized = tf.image.resize(
-            tf.cast(image, tf.float32), [size, size], method=RESIZE_METHOD, antialias=True
-        )
+        resized = resize_image(*_decode(contents, self.max_pixels, size), size)
         normalised = NORMALIZATIONS[self.backbone.spec.normalization][1](resized)
         return tf.ensure_shape(tf.cast(normalised, tf.float32), [size, size, 3])
 
     def batch(self, contents: tf.Tensor) -> tf.Tensor:
         """[N] strings -> [N, S, S, 3]; the form used inside the exported graph, under the
-        DECODE_SCOPE name scope so that a server can tell a refused image by the failing node."""
+        DECODE_SCOPE name scope so that a server can tell a refused image by the failing node.
+        Mapped over indices: `contents[i]` shares the request's buffer, where mapping over the
+        strings themselves would copy every image's bytes first."""
+        contents = tf.convert_to_tensor(contents, tf.string)
         with tf.name_scope(DECODE_SCOPE):
-            return tf.map_fn(self, contents, fn_output_signature=self.output_spec)
+            return tf.map_fn(
+                lambda i: self(contents[i]),
+                tf.range(tf.shape(contents)[0]),
+                fn_output_signature=self.output_spec,
+            )
 
     def describe(self) -> dict:
         spec = self.backbone.spec
@@ -206,6 +223,10 @@ class Preprocessor:
             "version": PREPROCESSING_VERSION,
             "image_size": self.image_size,
             "resize": f"{RESIZE_METHOD}, antialias, aspect ratio not kept",
+            "jpeg_scaling": (
+                "JPEG decoded at 1/2, 1/4 or 1/8 scale, the largest that keeps its shorter side"
+                f" >= {JPEG_SCALE_MARGIN} x image_size"
+            ),
             "normalization": NORMALIZATIONS[spec.normalization][0],
             "max_pixels": self.max_pixels,
         }

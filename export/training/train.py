@@ -20,7 +20,7 @@ from export.features.extraction import FeatureTable, compute_features
 from export.features.sources import InMemoryFeatures, TFRecordFeatures, content_hash
 from export.model.backbones import BackboneConfig, build_feature_extractor
 from export.model.heads import build_classifier, build_head, build_optimizer
-from export.model.preprocessing import Preprocessor
+from export.model.preprocessing import PREPROCESSING_VERSION, Preprocessor
 from export.plots import plot_curves
 from export.training.config import TrainConfig
 from export.training.evaluation import (
@@ -162,6 +162,16 @@ def _features_from_images(config: TrainConfig) -> tuple[InMemoryFeatures, keras.
 
 def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> TrainConfig:
     """The bottlenecks' backbone is the one the exported model must contain."""
+    meta = source.metadata
+    made_with = str(meta.get("preprocessing_version") or meta["preprocessing"].get("version", "1"))
+    if made_with != PREPROCESSING_VERSION:
+        # The exported model would decode images with this version's preprocessing: a head
+        # trained on features of another would see different pixels at serving time.
+        raise ValueError(
+            f"{source.prefix}: bottlenecks made with preprocessing version {made_with}, but this"
+            f" xfer preprocesses with version {PREPROCESSING_VERSION} (docs/preprocessing.md);"
+            " compute them again with xfer-bottlenecks, or train from the images"
+        )
     backbone = BackboneConfig.from_dict(source.metadata["backbone"])
     split = source.metadata.get("split", {})
     return dataclasses.replace(

@@ -95,7 +95,7 @@ def test_output_files_schema_and_metadata(bottlenecks_dir, shapes_root):
     assert not list(out.glob(".tmp-*")), "the first pass's temporary shards were left behind"
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["backbone"]["name"] == "tiny" and meta["feature_dim"] == 32
-    assert meta["preprocessing_version"] == "1" and meta["errors"] == 2
+    assert meta["preprocessing_version"] == "2" and meta["errors"] == 2
     assert meta["total"] == 120 and meta["duplicates"] == [] and meta["leakage"] == []
     assert (
         sum(meta["counts"]["train"].values())
@@ -273,6 +273,23 @@ def test_training_from_beam_output_matches_training_from_images(bottlenecks_dir,
     # Same images, labels and splits: the same data hash, wherever the features came from.
     assert from_beam.metrics["data_hash"] == trained.metrics["data_hash"]
     assert from_beam.config.backbone == "tiny" and from_beam.metrics["skipped_count"] == 2
+
+
+def test_training_refuses_bottlenecks_of_another_preprocessing_version(bottlenecks_dir, tmp_path):
+    # Bottlenecks hold features of images preprocessed by the job's version of the contract; a
+    # head trained on them and exported with another version would see other pixels.
+    import shutil
+
+    from export.training.config import TrainConfig
+    from export.training.train import train
+
+    copy = tmp_path / "v1"
+    shutil.copytree(bottlenecks_dir, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["preprocessing_version"] = "1"
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="made with preprocessing version 1, but this xfer"):
+        train(TrainConfig(bottlenecks=str(copy), run_dir=str(tmp_path / "run"), **FAST_TRAINING))
 
 
 def test_direct_runner_defaults_to_two_threads_unless_told():

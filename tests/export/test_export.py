@@ -42,7 +42,7 @@ def test_model_card_fields(exported):
     assert card["version"] == 1 and card["model_name"] == "shapes"
     assert card["classes"] == ["blue", "green", "red"]
     assert card["backbone"]["name"] == "tiny" and card["backbone"]["feature_dim"] == 32
-    assert card["preprocessing"]["version"] == "1"
+    assert card["preprocessing"]["version"] == "2"
     assert len(card["data"]["hash"]) == 64
     assert card["metrics"]["validation"]["accuracy"] >= 0.9
     assert {"tensorflow", "keras", "numpy", "python"} <= set(card["versions"])

@@ -126,7 +126,12 @@ def test_resize_and_backbone_normalisation():
 def test_one_image_gives_identical_model_inputs_on_every_path():
     """Eager (Beam, trainer), tf.data, and the batched map_fn of the exported graph."""
     pre = Preprocessor(BackboneConfig("mobilenet_v2", weights="none", image_size=96, alpha=0.35))
-    images = [CASES["jpeg"], CASES["png_palette"], CASES["bmp_24bit"]]
+    # A JPEG large enough to be decoded at a reduced DCT scale, a palette BMP and a PNG wide
+    # enough to be resized in bands, and a GIF (cut after its first frame) too.
+    large_jpeg = encode(RGB.resize((1000, 800)), "JPEG", quality=90)
+    wide_png = encode(RGB.resize((15000, 4)), "PNG")
+    images = [CASES[name] for name in ("jpeg", "png_palette", "bmp_24bit", "bmp_palette", "gif")]
+    images += [large_jpeg, wide_png]
     eager = np.stack([EagerPreprocessor(pre)(i)[0] for i in images])
     dataset = np.stack(
         list(tf.data.Dataset.from_tensor_slices(images).map(pre).as_numpy_iterator())
