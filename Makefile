@@ -157,3 +157,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/serving_bench.py
 	$(BIN)/python bench/client_bench.py
 	$(BIN)/python bench/memory_bench.py
+	$(BIN)/python bench/training_bench.py
