@@ -9,6 +9,7 @@ import pytest
 from contract_options import add_options
 from imagegen import write_shapes_dataset  # helper modules: pyproject's pythonpath
 from testconfig import FAST_TRAINING, TINY, bottleneck_args
+from tfs_harness import add_options as add_tfs_options
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -72,6 +73,7 @@ def pytest_addoption(parser):
     """The contract suite's flags, accepted by every pytest invocation (registered here, in the
     conftest every run loads first, so that `pytest --grpc-target ...` works from anywhere)."""
     add_options(parser)
+    add_tfs_options(parser)
 
 
 @pytest.fixture(scope="session")
