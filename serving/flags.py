@@ -5,6 +5,7 @@ few of ours, each marked "not a TF Serving flag". No TensorFlow import: `--help`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -120,12 +121,77 @@ class ServerFlags:
         "accept ModelService/HandleReloadConfigRequest, and then only base paths under those the "
         "server started with; refused (PERMISSION_DENIED) by default (not a TF Serving flag)",
     )
+    grpc_socket_path: str = _flag(
+        "", "also serve gRPC on this Unix domain socket (as TF Serving: unix:<path>)"
+    )
+    max_num_load_retries: int = _flag(
+        5, "retries of a version's load after its first failure; 0 = one attempt only"
+    )
+    load_retry_interval_micros: int = _flag(
+        60_000_000, "wait between load retries, in microseconds; negative = no wait"
+    )
     host: str = _flag(
         "127.0.0.1",
         "address to bind gRPC and REST; loopback by default, 0.0.0.0 for every interface "
         "(not a TF Serving flag: TF Serving binds 0.0.0.0)",
     )
     verbose: GflagsBool = _flag(False, "debug logging (not a TF Serving flag)")
+    ignored: tyro.conf.Suppress[tuple[str, ...]] = ()  # TF Serving flags taken, not acted on
+
+
+# tensorflow_model_server flags (main.cc) that a deployment may pass and this server takes
+# without acting on them (logged at start-up): name -> True if it is a boolean.
+IGNORED_TF_SERVING_FLAGS = {
+    "enable_per_model_batching_parameters": True,
+    "enable_profiler": True,
+    "enable_serialization_as_tensor_content": True,
+    "enable_signature_method_name_check": True,
+    "flush_filesystem_caches": True,
+    "prefer_tflite_model": True,
+    "remove_unused_fields_from_bundle_metagraph": True,
+    "rest_api_enable_cors_support": True,
+    "skip_initialize_tpu": True,
+    "use_alts_credentials": True,
+    "xla_cpu_compilation_enabled": True,
+    "mixed_precision": False,
+    "num_load_threads": False,
+    "num_unload_threads": False,
+    "num_request_iterations_for_warmup": False,
+    "num_tflite_interpreters_per_pool": False,
+    "num_tflite_pools": False,
+    "per_process_gpu_memory_fraction": False,
+    "platform_config_file": False,
+    "saved_model_tags": False,
+    "tensorflow_inter_op_parallelism": False,
+    "tensorflow_intra_op_parallelism": False,
+    "tensorflow_session_config_file": False,
+    "tensorflow_session_parallelism": False,
+    "thread_pool_factory_config_file": False,
+}
+_BOOL_VALUES = {"1", "0", "true", "false", "t", "f", "yes", "no", "y", "n"}
+
+
+def split_ignored(argv: list[str]) -> tuple[list[str], list[str]]:
+    """argv -> (the flags we implement, the ignored TF Serving flags as given)."""
+    kept: list[str] = []
+    ignored: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, has_value, _ = arg.lstrip("-").partition("=")
+        boolean = IGNORED_TF_SERVING_FLAGS.get(name.replace("-", "_"))
+        if not arg.startswith("--") or boolean is None:
+            kept.append(arg)
+            i += 1
+            continue
+        taken = [arg]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if not has_value and nxt is not None and not nxt.startswith("--"):
+            if not boolean or nxt.lower() in _BOOL_VALUES:
+                taken.append(nxt)
+        ignored.append(" ".join(taken))
+        i += len(taken)
+    return kept, ignored
 
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -152,11 +218,16 @@ def parse(args_type, argv, *, prog: str, description: str, exit_codes: dict[int,
 def parse_flags(argv: list[str] | None = None) -> ServerFlags:
     """Flags as `tensorflow_model_server` spells them (`--model_base_path=/m`); the dashed
     spelling works too."""
-    return parse(
+    import sys
+
+    kept, ignored = split_ignored(list(sys.argv[1:] if argv is None else argv))
+    flags = parse(
         ServerFlags,
-        argv,
+        kept,
         prog="xfer-serve",
-        description="Local TF-Serving-compatible model server (flags as tensorflow_model_server).",
+        description="Local TF-Serving-compatible model server (flags as tensorflow_model_server; "
+        "its flags this server does not act on are accepted and logged as ignored).",
         exit_codes=SERVE_EXIT_CODES,
         use_underscores=True,
     )
+    return dataclasses.replace(flags, ignored=tuple(ignored))

@@ -82,9 +82,11 @@ def build_grpc_server(
     options: list[tuple[str, object]],
     health: bool = True,
     ssl: SSLOptions | None = None,
+    socket_path: str = "",
 ):
     """A started-later grpc.Server; returns (server, bound port, health servicer or None).
-    With `ssl` the port speaks TLS only, as TF Serving's with --ssl_config_file."""
+    With `ssl` the port speaks TLS only, as TF Serving's with --ssl_config_file; `socket_path`
+    adds a Unix socket with the same credentials (--grpc_socket_path, as server.cc)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
         options=options,
@@ -101,15 +103,22 @@ def build_grpc_server(
 
         health_servicer = grpc_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if ssl is None:
-        port = server.add_insecure_port(address)
-    else:  # server.cc: client_verify -> REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+    credentials = None
+    if ssl is not None:  # server.cc: client_verify -> REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_...
         credentials = grpc.ssl_server_credentials(
             [(ssl.server_key, ssl.server_cert)],
             root_certificates=ssl.custom_ca if ssl.client_verify else None,
             require_client_auth=ssl.client_verify,
         )
-        port = server.add_secure_port(address, credentials)
+
+    def bind(where: str) -> int:
+        if credentials is None:
+            return server.add_insecure_port(where)
+        return server.add_secure_port(where, credentials)
+
+    port = bind(address)
     if port == 0:
         raise OSError(f"cannot bind the gRPC port at {address}")
+    if socket_path and bind(f"unix:{socket_path}") == 0:
+        raise OSError(f"cannot bind the gRPC Unix socket at {socket_path} (--grpc_socket_path)")
     return server, port, health_servicer

@@ -46,6 +46,8 @@ class ModelServer:
 
     def start(self) -> ModelServer:
         flags = self.config.flags
+        for flag in flags.ignored:
+            log.warning("tensorflow_model_server flag %s is accepted and ignored by xfer-serve", flag)
         self.manager.poll()  # load and warm up before any port opens
         self.grpc_server, self.grpc_port, self.health = build_grpc_server(
             self.api,
@@ -54,6 +56,7 @@ class ModelServer:
             options=self.config.channel_options,
             health=flags.enable_grpc_healthcheck_service,
             ssl=self.config.ssl,
+            socket_path=flags.grpc_socket_path,
         )
         self.grpc_server.start()
         log.info(
@@ -62,6 +65,8 @@ class ModelServer:
             self.grpc_port,
             "TLS" if self.config.ssl else "plaintext",
         )
+        if flags.grpc_socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", flags.grpc_socket_path)
         if flags.rest_api_port:
             prom = self.config.monitoring
             rest = RestApi(self.api, prom.prometheus_path if prom.prometheus_enable else None)
