@@ -81,13 +81,19 @@ def _line_of(text: str, token: str) -> int:
 
 
 def parse_text_proto(text: str, message, path: str):
-    """Parse protobuf text format; errors become `path:line: reason`."""
+    """Parse protobuf text format; errors become `path:line: ` and TF Serving's own wording
+    (protobuf's TextFormat as ParseProtoTextFile logs it): `Error parsing text-format
+    tensorflow.serving.ModelServerConfig: line:column: reason`."""
     try:
         return text_format.Parse(text, message)
     except text_format.ParseError as exc:
         reason = re.sub(r"^\d+:\d+ : ", "", str(exc))
         line = exc.GetLine() or 1
-        raise ConfigError(f"{path}:{line}: {reason}") from None
+        where = f"{line}:{exc.GetColumn() or 1}"
+        raise ConfigError(
+            f"{path}:{line}: Error parsing text-format {message.DESCRIPTOR.full_name}: "
+            f"{where}: {reason}"
+        ) from None
 
 
 def _read(path: str, what: str) -> str:

@@ -186,9 +186,9 @@ def split_ignored(argv: list[str]) -> tuple[list[str], list[str]]:
             continue
         taken = [arg]
         nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if not has_value and nxt is not None and not nxt.startswith("--"):
-            if not boolean or nxt.lower() in _BOOL_VALUES:
-                taken.append(nxt)
+        takes_next = nxt is not None and not nxt.startswith("--") and not has_value
+        if takes_next and (not boolean or nxt.lower() in _BOOL_VALUES):
+            taken.append(nxt)
         ignored.append(" ".join(taken))
         i += len(taken)
     return kept, ignored

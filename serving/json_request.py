@@ -22,13 +22,68 @@ from serving.errors import invalid
 from serving.inference import dtype_name
 
 
+def data_type_string(dtype: int) -> str:
+    """TensorFlow's DataTypeString, as json_tensor.cc words a dtype: DT_FLOAT -> `float`."""
+    return dtype_name(dtype)[3:].lower()
+
+
+# Python's json messages -> RapidJSON's (GetParseError_En), which TF Serving's errors quote.
+_RAPIDJSON = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+}
+
+
+def _rapidjson_reason(exc: json.JSONDecodeError) -> str:
+    if exc.msg == "Expecting ',' delimiter":  # inside an object or an array?
+        opener = _innermost_open(exc.doc[: exc.pos])
+        return (
+            "Missing a comma or '}' after an object member."
+            if opener == "{"
+            else "Missing a comma or ']' after an array element."
+        )
+    return _RAPIDJSON.get(exc.msg, exc.msg)
+
+
+def _innermost_open(text: str) -> str:
+    stack: list[str] = []
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped = not escaped and char == "\\"
+            in_string = escaped or char != '"'
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            stack.append(char)
+        elif char in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
 def parse_json(body: bytes | str):
-    if not body or not body.strip():
+    """ParseJson (json_tensor.cc): RapidJSON's error texts; like its kParseStopWhenDoneFlag,
+    whatever follows the first JSON value is not read."""
+    if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"JSON Parse error: {exc}") from None
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:
+        raise invalid(
+            f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}"
+        ) from None
+    start = len(text) - len(text.lstrip(" \t\r\n"))
+    if start == len(text):
+        raise invalid(f"JSON Parse error: The document is empty. at offset: {start}")
+    try:
+        doc, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        raise invalid(f"JSON Parse error: {_rapidjson_reason(exc)} at offset: {exc.pos}") from None
     if not isinstance(doc, dict):
         raise invalid(f"JSON Value: {_debug(doc)} Is not object")
     return doc
@@ -80,7 +135,7 @@ def _leaf(value, dtype: int):
     def wrong():
         return invalid(
             f"JSON Value: {_debug(value)} Type: {_type_name(value)} is not of expected type: "
-            f"{dtype_name(dtype)}"
+            f"{data_type_string(dtype)}"
         )
 
     if dtype == types_pb2.DT_STRING:
@@ -160,7 +215,7 @@ def to_array(value, dtype: int) -> np.ndarray:
     try:
         return np.array(flat, dtype=_NUMPY.get(dtype, np.float32)).reshape(shape)
     except OverflowError:
-        raise invalid(f"JSON Value out of range for {dtype_name(dtype)}") from None
+        raise invalid(f"JSON Value out of range for {data_type_string(dtype)}") from None
 
 
 def predict_inputs(doc: dict, input_infos: dict) -> tuple[dict[str, np.ndarray], str]:

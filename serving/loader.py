@@ -21,6 +21,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 MAX_WARMUP_RECORDS = 1000  # saved_model_warmup_util.cc: kMaxNumRecords
+MAX_CALLABLES = 256  # session callables kept per version (one per feed and fetch list)
 # saved_model_warmup_util.cc: kSavedModelWarmupRequestsFileName, under assets.extra/. The exporter
 # writes the same name (export/contract.py WARMUP_FILE); tests/serving keeps the two equal.
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -38,10 +39,32 @@ class Servable:
     _inflight: int = 0
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
+    _callables: dict = field(default_factory=dict)  # (feeds, fetches) -> session callable
 
     def run(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
-        """session.run by tensor names (thread-safe; TF releases the GIL while it runs)."""
-        return self.session.run(fetches, feeds)
+        """Session::Run by tensor names (thread-safe; TF releases the GIL while it runs).
+
+        Through a session callable per feed and fetch list (TF_SessionRunCallable, what
+        `session.run` calls after its Python-side checks): the Python `session.run` would refuse
+        a feed whose shape differs from the tensor's static shape (half_plus_two's x is [-1,1],
+        its quickstart feeds [3]); TF Serving's C++ session leaves that to the graph, and so
+        does this."""
+        from tensorflow.core.protobuf import config_pb2
+
+        names = list(feeds)
+        key = (tuple(names), tuple(fetches))
+        call = self._callables.get(key)
+        if call is None:
+            with self._lock:
+                if len(self._callables) >= MAX_CALLABLES:
+                    self._callables.clear()
+                call = self._callables.get(key)
+                if call is None:
+                    call = self.session._make_callable_from_options(  # noqa: SLF001
+                        config_pb2.CallableOptions(feed=names, fetch=list(fetches))
+                    )
+                    self._callables[key] = call
+        return list(call(*(feeds[name] for name in names)))
 
     def acquire(self) -> bool:
         with self._lock:

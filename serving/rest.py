@@ -152,10 +152,9 @@ class RestApi:
 def _decode(name, version, label):
     name = urllib.parse.unquote(name)
     label = urllib.parse.unquote(label) if label else ""
-    try:
-        number = int(version) if version else None
-    except ValueError:
-        raise invalid(f"Failed to convert version: {version} to numeric.") from None
+    number = int(version) if version else None
+    if number is not None and number >= 2**63:  # absl::SimpleAtoi into int64 fails
+        raise invalid(f"Failed to convert version: {version} to numeric.")
     return name, number, label
 
 

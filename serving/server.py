@@ -47,7 +47,7 @@ class ModelServer:
     def start(self) -> ModelServer:
         flags = self.config.flags
         for flag in flags.ignored:
-            log.warning("tensorflow_model_server flag %s is accepted and ignored by xfer-serve", flag)
+            log.warning("tensorflow_model_server flag %s: accepted, ignored by xfer-serve", flag)
         self.manager.poll()  # load and warm up before any port opens
         self.grpc_server, self.grpc_port, self.health = build_grpc_server(
             self.api,

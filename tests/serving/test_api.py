@@ -129,10 +129,11 @@ def test_status_grpc(model_stub):
             grpc.StatusCode.INVALID_ARGUMENT,
             "image_bytes",
         ),
+        # a shape the signature does not declare: TF Serving leaves it to the graph, which fails
         (
             lambda r: r.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([[b"a"], [b"b"]])),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "image_bytes",
+            "decode_images",
         ),
         (
             lambda r: setattr(r.model_spec, "signature_name", "nope"),
@@ -264,7 +265,7 @@ def test_rest_status_and_metadata(rest_url):
         ("POST", "/v1/models/nope:predict", {"instances": [1]}, 404, "Servable not found"),
         ("GET", "/v1/models/shapes/versions/7", None, 404, "Could not find version 7"),
         ("POST", "/v1/models/shapes:predict", {"instances": ["x"]}, 400, "not a decodable image"),
-        ("POST", "/v1/models/shapes:predict", {"instances": [1.5]}, 400, "DT_STRING"),
+        ("POST", "/v1/models/shapes:predict", {"instances": [1.5]}, 400, "expected type: string"),
         ("POST", "/v1/models/shapes:predict", {"nothing": 1}, 400, "Missing 'inputs' or"),
         ("POST", "/v1/models/shapes:explain", {"instances": [1]}, 400, "Malformed request"),
     ],

@@ -245,7 +245,9 @@ def test_testGoodModelConfig(launcher, good_model_config, half_plus_two, half_pl
 
 
 def test_testBadModelConfig(launcher, testdata):
-    code, stderr = launcher.run_to_exit([f"--model_config_file={testdata / 'bad_model_config.txt'}"])
+    code, stderr = launcher.run_to_exit(
+        [f"--model_config_file={testdata / 'bad_model_config.txt'}"]
+    )
     assert code not in (0, None), stderr
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in stderr
 
@@ -292,12 +294,17 @@ def test_testModelConfigReload(launcher, half_plus_two, half_plus_three, tmp_pat
             time.sleep(0.25)
 
 
-def test_testModelConfigReloadWithZeroPollPeriod(launcher, half_plus_two, half_plus_three, tmp_path):
+def test_testModelConfigReloadWithZeroPollPeriod(
+    launcher, half_plus_two, half_plus_three, tmp_path
+):
     config_path = tmp_path / "model_config.txt"
     config_path.write_text(BASE_CONFIG.format(name="half_plus_two", model_path=half_plus_two))
     poll_period = 0
     address = launcher.run_server(
-        [f"--model_config_file={config_path}", f"--model_config_file_poll_wait_seconds={poll_period}"]
+        [
+            f"--model_config_file={config_path}",
+            f"--model_config_file_poll_wait_seconds={poll_period}",
+        ]
     ).grpc
     verify_predict_request(
         address,
@@ -456,9 +463,7 @@ def test_test_sequential_keras_saved_model_save(launcher, tmp_path_factory):
         tf.saved_model.save(model, str(export_path))
     address = launcher.run_server(["--model_name=default", f"--model_base_path={base_path}"]).grpc
     request_input = _only_input_alias(address)
-    verify_predict_request_named(
-        address, request_input, expected_output=2.0, expected_version=123
-    )
+    verify_predict_request_named(address, request_input, expected_output=2.0, expected_version=123)
 
 
 def _only_input_alias(address: str) -> str:
