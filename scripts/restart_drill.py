@@ -68,7 +68,8 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 def start_server(port: int, args, log) -> subprocess.Popen:
     command = [sys.executable, "-m", "serving", f"--port={port}", "--host=127.0.0.1",
-               f"--model_name={args.model_name}", f"--model_base_path={args.model_base_path}",
+               f"--model_name={args.model_name}",
+               f"--model_base_path={os.path.abspath(args.model_base_path)}",
                "--file_system_poll_wait_seconds=0"]  # fmt: skip
     return subprocess.Popen(command, env=env(), stdout=log, stderr=subprocess.STDOUT)
 

@@ -16,7 +16,7 @@ import tempfile
 import threading
 
 from serving.config import ConfigError, resolve
-from serving.flags import EXIT_OK, EXIT_USAGE, parse_flags
+from serving.flags import EXIT_LOAD, EXIT_OK, EXIT_USAGE, parse_flags
 
 log = logging.getLogger("serving.server")
 
@@ -69,7 +69,7 @@ def _without_stderr_lines(pattern: re.Pattern):
 def main(argv: list[str] | None = None) -> int:
     flags = parse_flags(argv)
     setup_logging(flags.verbose)
-    from serving.server import ModelServer  # TensorFlow: after --help
+    from serving.server import ModelServer, StartupError  # TensorFlow: after --help
 
     try:
         config = resolve(flags)
@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xfer-serve: error: {exc}", file=sys.stderr)
         server.stop(0)
         return EXIT_USAGE
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"xfer-serve: error: {exc}", file=sys.stderr)
+        server.stop(0)
+        return EXIT_LOAD
 
     def shutdown(signum, frame):
         log.info("signal %d: shutting down", signum)

@@ -118,6 +118,16 @@ def model_configs_from_proto(config, text: str, path: str) -> list[ModelConfig]:
         seen.add(proto.name)
         if not proto.base_path:
             raise ConfigError(f"{where}: model {proto.name!r} has no base_path")
+        if proto.model_type and proto.model_platform:  # server_core.cc ValidateModelConfig
+            raise ConfigError(
+                f"{where}: Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                f"ModelServerConfig::model_platform, model name is {proto.name}"
+            )
+        if not is_absolute_base_path(proto.base_path):  # server_core.cc ValidateAllPaths
+            raise ConfigError(
+                f"{where}: Expected model {proto.name} to have an absolute path or URI; got "
+                f"base_path()={proto.base_path}"
+            )
         if proto.model_platform not in ("", "tensorflow"):
             raise ConfigError(
                 f"{path}:{_line_of(text, proto.model_platform)}: model_platform "
@@ -140,6 +150,11 @@ def model_configs_from_proto(config, text: str, path: str) -> list[ModelConfig]:
             policy = VersionPolicy("specific", versions=versions)
         models.append(ModelConfig(proto.name, proto.base_path, policy, dict(proto.version_labels)))
     return models
+
+
+def is_absolute_base_path(base_path: str) -> bool:
+    """An absolute path or a URI (`gs://...`), as ServerCore requires of every base path."""
+    return "://" in base_path or base_path.startswith("/")
 
 
 def load_model_config_file(path: str) -> list[ModelConfig]:
@@ -321,6 +336,11 @@ def resolve(flags: ServerFlags) -> ServingConfig:
     if flags.model_config_file:
         models = load_model_config_file(flags.model_config_file)
     else:
+        if not is_absolute_base_path(flags.model_base_path):
+            raise ConfigError(
+                f"--model_base_path: Expected model {flags.model_name} to have an absolute path "
+                f"or URI; got base_path()={flags.model_base_path}"
+            )
         models = [ModelConfig(flags.model_name, flags.model_base_path)]
     batching = None
     if flags.enable_batching:

@@ -194,8 +194,10 @@ def split_ignored(argv: list[str]) -> tuple[list[str], list[str]]:
     return kept, ignored
 
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_LOAD, EXIT_USAGE = 0, 1, 2
 SERVE_EXIT_CODES = {
+    EXIT_LOAD: "a model of the initial config did not become available (after "
+    "--max_num_load_retries)",
     EXIT_OK: "stopped by SIGTERM or SIGINT",
     EXIT_USAGE: "usage or configuration error (bad flag, a config file that does not parse, "
     "a port in use)",

@@ -93,6 +93,8 @@ class ModelManager:
         self._lock = threading.RLock()  # routing tables
         self._poll_lock = threading.Lock()  # one poll / reload at a time
         self._models: dict[str, ModelState] = {m.name: ModelState(m) for m in models}
+        # versions of models a reload removed, as ServableStateMonitor keeps them (END)
+        self._ended: dict[str, dict[int, VersionStatus]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -132,7 +134,7 @@ class ModelManager:
         """GetModelStatus (get_model_status_impl.cc texts)."""
         with self._lock:
             model = self._models.get(name)
-            states = dict(model.status) if model else {}
+            states = dict(model.status) if model else dict(self._ended.get(name, {}))
         if version is not None:
             if version not in states:
                 raise not_found(f"Could not find version {version} of model {name}")
@@ -311,13 +313,51 @@ class ModelManager:
                 self._poll_model(model)
             self._apply_labels()
 
+    def load_initial(self, retries: int, interval: float) -> str:
+        """ServerCore::Create: load every aspired version, a failed load retried `retries` times
+        `interval` s apart (--max_num_load_retries, --load_retry_interval_micros). Returns ""
+        when all became available, else TF Serving's `N servable(s) did not become available`."""
+        self.poll()
+        for _ in range(max(retries, 0)):
+            if not self._not_available() or (interval > 0 and self._stop.wait(interval)):
+                break
+            with self._poll_lock:
+                for model, version, path in self._not_available():
+                    self._load(model, version, path)
+                self._apply_labels()
+        failed = self._not_available()
+        if not failed:
+            return ""
+        items = ", ".join(
+            f"{{name: {m.config.name} version: {v}}} due to error: {m.status[v].message}"
+            for m, v, _ in failed
+        )
+        return f"{len(failed)} servable(s) did not become available: {{{items}}}"
+
+    def _not_available(self) -> list[tuple[ModelState, int, object]]:
+        missing = []
+        for model in list(self._models.values()):
+            on_disk = version_dirs(model.config.base_path)
+            for version in aspired_versions(list(on_disk), model.config.policy):
+                if version not in model.loaded:
+                    missing.append((model, version, on_disk[version]))
+        return missing
+
     def _apply_labels(self) -> None:
         problems = []
         with self._lock:
             for model in self._models.values():
                 labels = {}
                 for label, version in model.config.labels.items():
-                    if version in model.loaded or self.allow_labels_for_unavailable:
+                    # --allow_version_labels_for_unavailable_models lets a new label point at
+                    # a version not loaded (yet); an existing label is never moved to one.
+                    unchanged = model.labels.get(label) == version
+                    new_label = label not in model.labels
+                    if (
+                        version in model.loaded
+                        or unchanged
+                        or (self.allow_labels_for_unavailable and new_label)
+                    ):
                         labels[label] = version
                     else:
                         problems.append(
@@ -341,11 +381,14 @@ class ModelManager:
                         self._models[name].config = config
                     else:
                         self._models[name] = ModelState(config)
+                        self._ended.pop(name, None)
                 for state in removed:
                     del self._models[state.config.name]
             for state in removed:
                 for version in list(state.loaded):
                     self._unload(state, version)
+                with self._lock:
+                    self._ended[state.config.name] = dict(state.status)
             for model in list(self._models.values()):
                 self._poll_model(model)
             self._apply_labels()

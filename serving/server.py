@@ -21,6 +21,10 @@ from serving.rest import RestApi
 log = logging.getLogger(__name__)
 
 
+class StartupError(RuntimeError):
+    """A model of the initial config did not become available (ServerCore::Create fails)."""
+
+
 class ModelServer:
     """The whole server in one object, so tests can run it in-process on free ports."""
 
@@ -48,7 +52,11 @@ class ModelServer:
         flags = self.config.flags
         for flag in flags.ignored:
             log.warning("tensorflow_model_server flag %s: accepted, ignored by xfer-serve", flag)
-        self.manager.poll()  # load and warm up before any port opens
+        failed = self.manager.load_initial(  # load and warm up before any port opens
+            flags.max_num_load_retries, flags.load_retry_interval_micros / 1e6
+        )
+        if failed:
+            raise StartupError(failed)
         self.grpc_server, self.grpc_port, self.health = build_grpc_server(
             self.api,
             f"{flags.host}:{flags.port}",

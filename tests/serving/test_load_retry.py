@@ -58,14 +58,21 @@ def _status(channel, version: int):
     return status
 
 
+def _status_or_none(channel, version: int):
+    try:
+        return _status(channel, version)
+    except grpc.RpcError:
+        return None
+
+
 def test_a_version_copied_in_two_steps_becomes_available(exported, images, tmp_path, load_attempts):
     """First a copy without variables/ (fails), then the rest: AVAILABLE, saved_model.pb as it
-    was; in between, polls over the unchanged half-copy do not load it again."""
+    was; in between, polls over the unchanged half-copy do not load it again. The copy starts
+    after the server did (a version in the start-up config that fails stops the start-up, as in
+    TF Serving)."""
     base = tmp_path / MODEL
+    base.mkdir()
     version = base / "1"
-    shutil.copytree(exported.path, version, ignore=shutil.ignore_patterns("variables"))
-    pb = version / "saved_model.pb"
-    pb_stat = (pb.stat().st_mtime_ns, pb.stat().st_size)
     server = start_server(
         [
             f"--port={free_port()}",
@@ -77,7 +84,16 @@ def test_a_version_copied_in_two_steps_becomes_available(exported, images, tmp_p
         ]
     )
     try:
+        shutil.copytree(exported.path, version, ignore=shutil.ignore_patterns("variables"))
+        pb = version / "saved_model.pb"
+        pb_stat = (pb.stat().st_mtime_ns, pb.stat().st_size)
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            wait_for(
+                lambda: load_attempts and _status_or_none(channel, 1) is not None,
+                timeout=60,
+                what="the half-copied version 1 tried",
+            )
+            wait_for(lambda: _status(channel, 1).state == END, timeout=60, what="version 1 END")
             failed = _status(channel, 1)
             assert failed.state == END and failed.status.error_code != 0
             message = failed.status.error_message
