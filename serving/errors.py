@@ -122,3 +122,11 @@ def from_tf_error(exc: Exception) -> ServingError:
         return ServingError(code, input_refused_reason(exc))
     message = getattr(exc, "message", None) or str(exc)
     return ServingError(code, message.split("\n")[0])
+
+
+def load_error_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """A failed load -> (its status code, the message on one line, at most 2000 characters)."""
+    code_value = getattr(exc, "error_code", None)
+    code = next((c for c in grpc.StatusCode if c.value[0] == code_value), grpc.StatusCode.UNKNOWN)
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return code, " ".join(text.split())[:2000]

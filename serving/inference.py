@@ -326,3 +326,25 @@ def multi_inference(servable, request: inference_pb2.MultiInferenceRequest, run:
             result.regression_result.CopyFrom(value)
         fill_model_spec(result.model_spec, servable, name)
     return response
+
+
+def replay_warmup(servable, run: Runner) -> int:
+    """Replay assets.extra/tf_serving_warmup_requests through the serving path (as TF Serving's
+    saved_model_warmup.cc does before a version takes traffic); returns the records replayed."""
+    from serving.loader import read_warmup_records
+
+    count = 0
+    for log_record in read_warmup_records(servable.path):
+        kind = log_record.WhichOneof("log_type")
+        if kind == "predict_log":
+            predict(servable, log_record.predict_log.request, run)
+        elif kind == "classify_log":
+            classify(servable, log_record.classify_log.request, run)
+        elif kind == "regress_log":
+            regress(servable, log_record.regress_log.request, run)
+        elif kind == "multi_inference_log":
+            multi_inference(servable, log_record.multi_inference_log.request, run)
+        else:
+            raise ValueError(f"Unsupported log_type for warmup: {kind}")
+        count += 1
+    return count

@@ -1,13 +1,10 @@
 """Which versions of which models are served: polling, version policy, hot swap, labels, status.
 
-A new version is loaded and warmed up before it is routed to; the version it replaces is taken
-out of routing only after that, and closed only when its in-flight requests are done (TF Serving's
-AvailabilityPreservingPolicy), so no request fails during a swap. A version that fails to load is
-reported (END with its error and the attempt, as ServableStateMonitor does) and retried when
-anything in its directory changes (names, sizes, mtimes, modes: a copy that was half done, a chmod)
-and has then stayed unchanged for one poll, so a copy in progress is not loaded at every poll;
-an unchanged failed version is never retried. Whatever was serving keeps serving.
-"""
+A new version is loaded and warmed up before it is routed to; the one it replaces is closed only
+when its in-flight requests are done (TF Serving's AvailabilityPreservingPolicy): no request fails
+a swap. At start-up a failed load is retried --max_num_load_retries times; later, a failed version
+is reported (END with its error, as ServableStateMonitor) and retried when its directory changed
+(names, sizes, mtimes, modes), then stayed unchanged for a poll. What serves keeps serving."""
 
 from __future__ import annotations
 
@@ -23,12 +20,18 @@ import grpc
 from serving import inference
 from serving.batching import Batcher
 from serving.config import BatchingOptions, ModelConfig
-from serving.errors import ServingError, failed_precondition, invalid, not_found
+from serving.errors import (
+    ServingError,
+    failed_precondition,
+    invalid,
+    load_error_status,
+    not_found,
+)
+from serving.labels import assign_labels
 from serving.loader import (
     Servable,
     load_servable,
     permission_message,
-    read_warmup_records,
     unreadable_path,
     version_fingerprint,
 )
@@ -67,13 +70,6 @@ class ModelState:
 class Handle:
     servable: Servable
     run: Callable
-
-
-def _load_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    code_value = getattr(exc, "error_code", None)
-    code = next((c for c in grpc.StatusCode if c.value[0] == code_value), grpc.StatusCode.UNKNOWN)
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return code, " ".join(text.split())[:2000]
 
 
 class ModelManager:
@@ -181,24 +177,6 @@ class ModelManager:
         batcher = Batcher(self.batching, direct, on_batch, name=f"batch-{name}-{servable.version}")
         return batcher.run, batcher
 
-    def _warm_up(self, servable: Servable, run: Callable) -> int:
-        """Replay assets.extra/tf_serving_warmup_requests through the serving path."""
-        count = 0
-        for log_record in read_warmup_records(servable.path):
-            kind = log_record.WhichOneof("log_type")
-            if kind == "predict_log":
-                inference.predict(servable, log_record.predict_log.request, run)
-            elif kind == "classify_log":
-                inference.classify(servable, log_record.classify_log.request, run)
-            elif kind == "regress_log":
-                inference.regress(servable, log_record.regress_log.request, run)
-            elif kind == "multi_inference_log":
-                inference.multi_inference(servable, log_record.multi_inference_log.request, run)
-            else:
-                raise ValueError(f"Unsupported log_type for warmup: {kind}")
-            count += 1
-        return count
-
     def _load(self, model: ModelState, version: int, path, fingerprint: tuple | None = None):
         name = model.config.name
         if fingerprint is None:
@@ -223,13 +201,13 @@ class ModelManager:
         try:
             servable = load_servable(name, version, path)
             run, batcher = self._runner(servable)
-            warmed = self._warm_up(servable, run) if self.warmup else 0
+            warmed = inference.replay_warmup(servable, run) if self.warmup else 0
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, never raised
             if batcher is not None:
                 batcher.stop()
             if servable is not None:
                 servable.session.close()
-            code, message = _load_error(exc)
+            code, message = load_error_status(exc)
             if isinstance(exc, ServingError):
                 code, message = exc.code, f"warmup failed: {exc.message}"
             denied = unreadable_path(path)
@@ -347,26 +325,14 @@ class ModelManager:
         problems = []
         with self._lock:
             for model in self._models.values():
-                labels = {}
-                for label, version in model.config.labels.items():
-                    # --allow_version_labels_for_unavailable_models lets a new label point at
-                    # a version not loaded (yet); an existing label is never moved to one.
-                    unchanged = model.labels.get(label) == version
-                    new_label = label not in model.labels
-                    if (
-                        version in model.loaded
-                        or unchanged
-                        or (self.allow_labels_for_unavailable and new_label)
-                    ):
-                        labels[label] = version
-                    else:
-                        problems.append(
-                            f"Request to assign label to version {version} of model "
-                            f"{model.config.name}, which is not currently available for inference"
-                        )
-                        if label in model.labels:  # keep the label where it was
-                            labels[label] = model.labels[label]
-                model.labels = labels
+                model.labels, refused = assign_labels(
+                    model.config.name,
+                    model.config.labels,
+                    model.labels,
+                    set(model.loaded),
+                    self.allow_labels_for_unavailable,
+                )
+                problems += refused
         if problems:
             raise failed_precondition("; ".join(problems))
 
