@@ -4,10 +4,10 @@ version under their load, and a corpus of bad requests with the server's memory.
     python bench/ops_drill.py --model_base_path out/demo/models/digits --images out/demo/digits \
         --seconds 30 --json ops-drill.json
 
-Starts `python -m serving` (as bench/rest_drill.py does: free ports, loopback, file system polled
-every second; with --batching, server-side batching as xfer-serving-configs writes it) on a
-copy of the base path's latest version in a temporary directory, since the drill publishes new
-versions into it. Then:
+Starts `python -m serving` as bench/rest_drill.py does (free ports, loopback), polling the file
+system every second and batching as the deployment does (the batching.config xfer-serving-configs
+writes; --no_batching for none), on a copy of the base path's latest version in a temporary
+directory, since the drill publishes new versions into it. Then:
 
 1. load: `--clients` threads, each with its own channel (its own connection), each sending one
    image per Predict on serving_default for `--seconds`: requests, failures by status code,
@@ -264,17 +264,26 @@ def failures(results: dict) -> list[str]:
     return found
 
 
+DRILLS = ("load", "hot_swap", "broken_version", "bad_requests")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_base_path", type=Path, default=ROOT / "out/demo/models/digits")
+    parser.add_argument(
+        "--model_base_path",
+        type=Path,
+        default=ROOT / "out/demo/models/digits",
+        help="a published model (its latest version is copied; the name is the folder's)",
+    )
     parser.add_argument("--images", type=Path, help="a folder of images (default: one 96x96 PNG)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0, help="the load drill's duration")
     parser.add_argument("--swap_seconds", type=float, default=5.0, help="load before and after")
     parser.add_argument("--repeats", type=int, default=20, help="corpus passes after the first")
     parser.add_argument("--big_batch", type=int, default=1000, help="images in the large batch")
-    parser.add_argument("--batching", action="store_true", help="xfer-serving-configs' batching")
-    parser.add_argument("--drills", default="load,hot_swap,broken_version,bad_requests")
+    parser.add_argument("--no_batching", action="store_true", help="serve without batching")
+    parser.add_argument("--drills", default=",".join(DRILLS), help="a comma-separated subset")
+    parser.add_argument("--server_arg", action="append", default=[], help="extra xfer-serve flag")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--server_log", type=Path, help="keep the server's log here")
     args = parser.parse_args(argv)
@@ -286,15 +295,20 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(source / str(latest), base / str(latest))
     log_path = args.server_log or work / "server.log"
     extra = ["--file_system_poll_wait_seconds=1"]
-    extra += batching_flags(work) if args.batching else []
+    extra += ([] if args.no_batching else batching_flags(work)) + args.server_arg
     port = free_port()
-    proc, rest = start_server(str(base), source.name, extra, log_path, grpc_port=port)
+    try:
+        proc, rest = start_server(str(base), source.name, extra, log_path, grpc_port=port)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     target = Target(f"127.0.0.1:{port}", rest, source.name, base, proc.pid)
     card = json.loads((source / str(latest) / "assets.extra/model_card.json").read_text())
     results: dict = {
         "model": str(source / str(latest)),
         "preprocessing_version": card.get("preprocessing", {}).get("version"),
-        "batching": args.batching,
+        "batching": not args.no_batching,
+        "server_args": args.server_arg,
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg()[0],
         "server_memory_at_start": memory_mb(proc.pid),

@@ -4,7 +4,7 @@ The corpus is what broken or hostile clients send a model server: bytes that are
 that are too large or built to make a decoder allocate, tensors and routes the model does not
 have, JSON that is not TF Serving's, a body over the REST limit. Each entry is sent as is and its
 answer kept as a status (a gRPC code name, or `HTTP <status>`) and the message's first line. One
-entry is a good image on purpose: a 36-megapixel PNG of one colour (a few KB), under the pixel
+entry is a good image on purpose: a 36-megapixel PNG of one colour (47 KB), under the pixel
 limit, which the server must decode; it is there for the server's memory, not its refusal.
 """
 
@@ -139,7 +139,7 @@ def rest_call(target: Target, path: str, body: bytes) -> tuple[str, str]:
 
 
 def flat_png(width: int, height: int) -> bytes:
-    """A greyscale PNG of one colour, compressed row by row: a few KB whatever its size."""
+    """A greyscale PNG of one colour, compressed row by row (tens of KB for tens of megapixels)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data)
@@ -168,12 +168,12 @@ def payloads(image: bytes) -> dict[str, bytes]:
         "empty bytes": b"",
         "truncated JPEG (first half)": jpeg[: len(jpeg) // 2],
         "a text file": b"id,label\n1,cat\n2,dog\n" * 40,
-        "PNG 8000x6000 (48 MP, over the limit), 1 KB": flat_png(8000, 6000),
-        "GIF frame bomb: 16x16 screen, 12000x12000 frame": gif_frame_bomb(12000, 12000),
+        "PNG 8000x6000 (48 MP, over the limit), 56 KB": flat_png(8000, 6000),
+        "GIF frame bomb: 16x16 screen, 12000x12000 frame, 107 KB": gif_frame_bomb(12000, 12000),
     }
 
 
-HUGE_UNDER_LIMIT = "PNG 6000x6000 (36 MP, under the limit), 1 KB: decoded"
+HUGE_UNDER_LIMIT = "PNG 6000x6000 (36 MP, under the limit), 47 KB: decoded"
 
 
 def corpus(target: Target, image: bytes, stub, big_batch: int) -> list[Case]:
