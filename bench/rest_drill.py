@@ -60,14 +60,16 @@ def default_image() -> bytes:
 
 
 def start_server(
-    base: str, name: str, extra: list[str], log_path: Path
+    base: str, name: str, extra: list[str], log_path: Path, grpc_port: int = 0
 ) -> tuple[subprocess.Popen, str]:
+    """`python -m serving` on free ports (gRPC on `grpc_port` if given), once a version is
+    AVAILABLE; returns the process and the REST URL."""
     rest_port = free_port()
     argv = [
         sys.executable,
         "-m",
         "serving",
-        f"--port={free_port()}",
+        f"--port={grpc_port or free_port()}",
         f"--rest_api_port={rest_port}",
         "--host=127.0.0.1",
         f"--model_name={name}",
