@@ -3,7 +3,7 @@
 Steps 1-4 of the contract (export/model/preprocessing.py adds step 5, the backbone's
 normalisation). This module imports no model code (no backbone registry, no weights): besides
 the trainer, the Beam jobs and the exported graph, `xfer-score --preprocess client` calls it on the
-client (the one documented exception to "client/ imports nothing from
+client (client/pixels.py, the one documented exception to "client/ imports nothing from
 export/"), so that the pixels a client sends are the pixels the server would have made.
 
 1. Sniff the format from the magic bytes: JPEG, PNG, GIF, BMP; anything else is refused.
