@@ -222,8 +222,9 @@ class Scorer:
 
     def _image_error(self, item: Item, exc: RpcError) -> str:
         if exc.too_large:  # not a RESOURCE_EXHAUSTED row: those are transient (output.py)
+            what = "its pixels are" if self.pixels is not None else "file is"
             return (
-                f"file is {item.size} bytes: too large for the server alone ({exc.code}: "
+                f"{what} {item.size} bytes: too large for the server alone ({exc.code}: "
                 f"{exc.message}); its limit is below --max-message-mb {self.config.max_message_mb}"
             )
         return f"{exc.code}: {exc.message}"
