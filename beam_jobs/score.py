@@ -7,7 +7,9 @@
 The model handler is Beam's `RemoteModelHandler` around the batch client's own request code
 (`client.scorer.Scorer`): requests bounded by image count and bytes, retries with backoff on
 UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, bisection of a batch the server refuses
-(INVALID_ARGUMENT) so that only the bad images fail. Output as xfer-score's (docs/architecture.md):
+(INVALID_ARGUMENT) so that only the bad images fail. With `--preprocess client` the workers turn
+each image into the model's uint8 pixels with the contract's own pixel step (client/pixels.py) and
+send those to `serving_pixels`. Output as xfer-score's (docs/architecture.md):
   OUT/predictions-SSSSS-of-NNNNN.jsonl   {"uri", "labels", "scores", "model_version"}
   OUT/errors-SSSSS-of-NNNNN.jsonl        {"uri", "error"}
 """
@@ -55,16 +57,19 @@ class ImageWeight:
     Beam's BatchElements bounds a single additive weight (its `max_batch_weight` is not accepted
     in this Beam version), so each image weighs the larger of 1/batch_size and its bytes'
     share of the message limit; a batch of total weight <= BATCH_CAPACITY then respects both.
+    With `pixels` (--preprocess client) a file's size says nothing of its request (3 x S x S
+    bytes, S known to the workers only): images count, and the Scorer splits a batch by bytes.
     """
 
-    def __init__(self, batch_size: int, max_bytes: int):
+    def __init__(self, batch_size: int, max_bytes: int, pixels: bool = False):
         self.batch_size = batch_size
         self.budget = max_bytes - request_bytes([])
+        self.pixels = pixels
 
     def __call__(self, image: bytes) -> int:
-        share = max(
-            1 / self.batch_size, (request_bytes([len(image)]) - request_bytes([])) / self.budget
-        )
+        share = 1 / self.batch_size
+        if not self.pixels:
+            share = max(share, (request_bytes([len(image)]) - request_bytes([])) / self.budget)
         return max(1, math.ceil(share * BATCH_CAPACITY))
 
 
@@ -82,7 +87,9 @@ class TFServingModelHandler(RemoteModelHandler[bytes, dict, Any]):
         self._batching_kwargs = {
             "min_batch_size": 1,
             "max_batch_size": BATCH_CAPACITY,
-            "element_size_fn": ImageWeight(config.batch_size, config.max_message_bytes),
+            "element_size_fn": ImageWeight(
+                config.batch_size, config.max_message_bytes, config.preprocess == "client"
+            ),
         }
 
     def create_client(self):
@@ -118,14 +125,15 @@ class ToRow(beam.DoFn):
 
 
 class TooLarge(beam.DoFn):
-    """A file that alone exceeds the message limit becomes an error row, never a request."""
+    """A file that alone exceeds the message limit becomes an error row, never a request (sent
+    as bytes: with --preprocess client, its pixels are the request, whatever the file's size)."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int | None):
         self.max_bytes = max_bytes
 
     def process(self, element):
         uri, data = element
-        if fits_alone(len(data), self.max_bytes):
+        if self.max_bytes is None or fits_alone(len(data), self.max_bytes):
             return [element]
         Metrics.counter(NAMESPACE, "images_failed").inc()
         return [
@@ -142,9 +150,10 @@ class TooLarge(beam.DoFn):
 
 def build_pipeline(p: beam.Pipeline, source: str, output: str, config: ScoreConfig):
     images = read_images(p, source)
-    sized = images.ok | "FitsInARequest" >> beam.ParDo(
-        TooLarge(config.max_message_bytes)
-    ).with_outputs("errors", main="ok")
+    limit = config.max_message_bytes if config.preprocess == "server" else None
+    sized = images.ok | "FitsInARequest" >> beam.ParDo(TooLarge(limit)).with_outputs(
+        "errors", main="ok"
+    )
     scored, dead_letters = (
         sized.ok
         | "Score"

@@ -8,6 +8,8 @@ examples:
     xfer-score 'gs://bucket/imgs/*.jpg' list.csv --target dns:///serving.prod:8500 \\
         --model-name flowers --version-label stable --output scored.csv --concurrency 16
     xfer-score photos/ --target localhost:8500 --model-name flowers --output s.jsonl --resume
+    xfer-score photos/ --target localhost:8500 --model-name flowers --output s.jsonl \\
+        --preprocess client      # decode and resize here, send pixels to serving_pixels
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ EXIT_CODES = {
     EXIT_OK: "every input scored",
     EXIT_USAGE: "usage error or an INPUT that names nothing (before anything is scored); or the "
     "run stopped: the server refuses it (unknown model, version or signature; credentials), the "
-    "TLS handshake fails, or no server answers within --retry-budget-s (--resume goes on)",
+    "TLS handshake fails, no server answers within --retry-budget-s (--resume goes on), or "
+    "--preprocess client is not possible with the model (no serving_pixels, another contract)",
     EXIT_SOME_FAILED: "some inputs failed (their rows say why)",
 }
 

@@ -1,6 +1,6 @@
 """The scoring job's typed config: its fields are `xfer-score`'s flags, its defaults the defaults.
 
-The two names of the exported model's interface are copied here (not imported from export/): the
+The names of the exported model's interface are copied here (not imported from export/): the
 client is installed next to a serving cluster without the model-building code.
 """
 
@@ -12,9 +12,13 @@ from typing import Literal
 
 import tyro
 
-# Same values as export/contract.py (INPUT_KEY, SERVING_DEFAULT); a test keeps them equal.
+# Same values as export/contract.py (INPUT_KEY, SERVING_DEFAULT, SERVING_PIXELS,
+# PIXELS_INPUT_KEY, PREPROCESSING_OUTPUT); a test keeps them equal.
 INPUT_KEY = "image_bytes"
 SERVING_DEFAULT = "serving_default"
+SERVING_PIXELS = "serving_pixels"
+PIXELS_INPUT_KEY = "pixels"
+PREPROCESSING_OUTPUT = "preprocessing"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
@@ -47,6 +51,12 @@ class ScoreConfig:
     version_label: str | None = opt(None, "pin a version label (e.g. stable)")
     signature: str = opt(SERVING_DEFAULT, "signature name")
     input_key: str = opt(INPUT_KEY, "the signature's input of encoded image bytes")
+    preprocess: Literal["server", "client"] = opt(
+        "server",
+        "where images are decoded and resized: server (bytes to --signature), or client (here, by "
+        "the model's own preprocessing contract; uint8 pixels to serving_pixels, whose size and "
+        "parameters the server gives; needs xfer's export package)",
+    )
     batch_size: int = opt(32, "max images per request")
     max_message_mb: float = opt(
         4.0, "max request/response size in MB (gRPC's default 4; also the channel's limit)"
@@ -118,6 +128,14 @@ class ScoreConfig:
         if self.initial_backoff < 0 or self.max_backoff < 0:
             fail("--initial-backoff and --max-backoff must be >= 0",
                  (self.initial_backoff, self.max_backoff))  # fmt: skip
+        if self.preprocess == "client" and (
+            self.signature != SERVING_DEFAULT or self.input_key != INPUT_KEY
+        ):
+            fail(
+                "--signature and --input-key name the bytes input of --preprocess server; "
+                f"--preprocess client sends pixels to {SERVING_PIXELS}",
+                (self.signature, self.input_key),
+            )
         if bool(self.client_cert) != bool(self.client_key):
             fail("--client-cert and --client-key go together", (self.client_cert, self.client_key))
         for header in self.auth_header:

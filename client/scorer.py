@@ -6,6 +6,10 @@ server refuses with INVALID_ARGUMENT (or as too large) is bisected until the bad
 alone, so one corrupt file costs its own row and a few extra requests, never its batch-mates'
 results.
 
+With `--preprocess client` each batch's images are first turned into the model's uint8 pixels
+here (client/pixels.py, the contract's own pixel step): an image the contract refuses gets the
+row the server would have written, and the rest go to `serving_pixels`.
+
 Rows are written only for what belongs to an image. When no server answers a batch within the
 retry budget, or the TLS handshake fails, or the server refuses the run itself (unknown model,
 credentials), the run stops with `ScoringAborted`: the images not yet answered get no row, so a
@@ -15,20 +19,20 @@ credentials), the run stops with `ScoringAborted`: the images not yet answered g
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
 
 from client.batching import batches, bisect, fits_alone, request_bytes
 from client.config import ScoreConfig
 from client.inputs import Item, check_inputs, iter_items
 from client.output import ResultWriter, prepare_resume
+from client.pixels import ClientPixels, PixelsUnavailable, discover
 from client.retry import RETRYABLE, RetryPolicy, RpcError, call_with_retry
+from client.summary import LatencyReservoir, Summary
 
 log = logging.getLogger(__name__)
 
@@ -64,65 +68,10 @@ class TlsFailure(ScoringAborted):
     headline = "the TLS handshake failed"
 
 
-class LatencyReservoir:
-    """A uniform sample of request latencies (Vitter's algorithm R): percentiles in O(1) memory."""
+class PixelsRefused(ScoringAborted):
+    """`--preprocess client` is not possible with this model (or stopped being so mid-run)."""
 
-    def __init__(self, capacity: int = 10000, seed: int = 0):
-        self.capacity = capacity
-        self.samples: list[float] = []
-        self.count = 0
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-
-    def add(self, seconds: float) -> None:
-        with self._lock:
-            self.count += 1
-            if len(self.samples) < self.capacity:
-                self.samples.append(seconds)
-            else:
-                slot = self._rng.randrange(self.count)
-                if slot < self.capacity:
-                    self.samples[slot] = seconds
-
-    def percentiles_ms(self) -> dict[str, float | None]:
-        with self._lock:
-            ordered = sorted(self.samples)
-        if not ordered:
-            return {"p50": None, "p95": None, "p99": None}
-
-        def pick(q: float) -> float:
-            index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-            return round(ordered[index] * 1000, 2)
-
-        return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
-
-
-@dataclass
-class Summary:
-    total: int = 0
-    scored: int = 0
-    failed: int = 0
-    skipped: int = 0  # already in the output (--resume)
-    requests: int = 0
-    retries: int = 0
-    elapsed_s: float = 0.0
-    images_per_s: float = 0.0
-    latency_ms: dict = field(default_factory=dict)
-    model_versions: dict = field(default_factory=dict)  # version (str) -> rows
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def format(self) -> str:
-        lat = self.latency_ms or {}
-        versions = ", ".join(f"{v}: {n}" for v, n in sorted(self.model_versions.items())) or "-"
-        return (
-            f"total {self.total}  scored {self.scored}  failed {self.failed}"
-            f"  skipped {self.skipped} (resume)\n"
-            f"{self.images_per_s:.1f} images/s over {self.elapsed_s:.1f}s, {self.requests} requests"
-            f" ({self.retries} retries); latency p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms,"
-            f" p99 {lat.get('p99')} ms\nmodel versions: {versions}"
-        )
+    headline = "--preprocess client cannot score this model"
 
 
 def row_for(item: Item, *, labels=None, scores=None, version=None, error=None) -> dict:
@@ -158,10 +107,37 @@ class Scorer:
         self._stop = threading.Event()  # set when `results` ends: pending retries give up
         self.requests = 0
         self.retries = 0
+        self.pixels: ClientPixels | None = None
+        self._pixels_lock = threading.Lock()
+
+    def pixel_step(self) -> ClientPixels | None:
+        """With --preprocess client, the model's pixel step, learnt from the server on first use
+        (metadata and one probe request); raises PixelsRefused when the model cannot take it."""
+        if self.config.preprocess != "client":
+            return None
+        with self._pixels_lock:
+            if self.pixels is None:
+                try:
+                    self.pixels = discover(self.transport, self.config, self._call)
+                except PixelsUnavailable as exc:
+                    raise PixelsRefused(str(exc)) from None
+                log.info("%s", self.pixels.describe())
+        return self.pixels
+
+    def _call(self, request):
+        """`request(attempt)` with the run's retries; what cannot be answered stops the run."""
+        try:
+            return call_with_retry(request, self.policy, on_retry=self._on_retry, stop=self._stop)
+        except RpcError as exc:
+            if exc.tls_failure or exc.code in RETRYABLE:
+                raise self._gave_up(exc) from None
+            raise ScoringAborted(f"{exc.code}: {exc.message}") from None
 
     def _predict(self, images: list[bytes], attempt: int):
         start = time.perf_counter()
         try:
+            if self.pixels is not None:
+                return self.transport.predict(images, attempt, self.pixels.size)
             return self.transport.predict(images, attempt)
         finally:
             self.latency.add(time.perf_counter() - start)
@@ -189,7 +165,20 @@ class Scorer:
         )
 
     def score_batch(self, items: list[Item]) -> list[dict]:
-        """Rows for one batch; raises `ScoringAborted` when the batch cannot be answered at all."""
+        """Rows for one batch; raises `ScoringAborted` when the batch cannot be answered at all.
+        With --preprocess client, the images become pixels first, sent in requests that fit."""
+        pixels = self.pixel_step()
+        if pixels is None:
+            return self._send(items)
+        ready, refused = pixels.prepare(items)
+        rows = [row_for(item, error=reason) for item, reason in refused]
+        limit = self.config.max_message_bytes
+        for chunk in batches(ready, self.config.batch_size, limit, lambda i: i.size):
+            rows += self._send(chunk)
+        return rows
+
+    def _send(self, items: list[Item]) -> list[dict]:
+        """One request for `items` (bisected where the server refuses some)."""
         images = [item.data for item in items]
         try:
             prediction = call_with_retry(
@@ -206,10 +195,12 @@ class Scorer:
                     return [row_for(items[0], error=self._image_error(items[0], exc))]
                 left, right = bisect(items)
                 log.debug("%s on %d images: bisecting", exc.code, len(items))
-                return self.score_batch(left) + self.score_batch(right)
+                return self._send(left) + self._send(right)
             if exc.code in FATAL:
                 raise ScoringAborted(f"{exc.code}: {exc.message}") from None
             return [row_for(item, error=f"{exc.code}: {exc.message}") for item in items]
+        if self.pixels is not None:
+            self._check_contract(prediction)
         if len(prediction.labels) != len(items) or len(prediction.scores) != len(items):
             error = f"server returned {len(prediction.labels)} rows for {len(items)} images"
             return [row_for(item, error=error) for item in items]
@@ -218,10 +209,22 @@ class Scorer:
             for item, labels, scores in zip(items, prediction.labels, prediction.scores)
         ]
 
+    def _check_contract(self, prediction) -> None:
+        """Each response names the preprocessing contract its pixels went through: one other than
+        the run's (a version with another contract swapped in) stops the run, unscored."""
+        answered = self.pixels.check(prediction.preprocessing)
+        if answered is not None:
+            raise PixelsRefused(
+                f"version {prediction.model_version} answered with preprocessing {answered!r}, "
+                f"not {self.pixels.contract.text!r} as at the start of the run: run the same "
+                "command again (with --resume) to score the rest against it"
+            )
+
     def _image_error(self, item: Item, exc: RpcError) -> str:
         if exc.too_large:  # not a RESOURCE_EXHAUSTED row: those are transient (output.py)
+            what = "its pixels are" if self.pixels is not None else "file is"
             return (
-                f"file is {item.size} bytes: too large for the server alone ({exc.code}: "
+                f"{what} {item.size} bytes: too large for the server alone ({exc.code}: "
                 f"{exc.message}); its limit is below --max-message-mb {self.config.max_message_mb}"
             )
         return f"{exc.code}: {exc.message}"
@@ -231,12 +234,13 @@ class Scorer:
         config = self.config
         max_bytes = config.max_message_bytes
         immediate: deque[dict] = deque()  # rows decided without a request
+        pixels = self.pixel_step()  # before any input is read: a model without pixels stops here
 
         def sendable() -> Iterator[Item]:
             for item in items:
                 if item.error is not None:
                     immediate.append(row_for(item, error=item.error))
-                elif not fits_alone(item.size, max_bytes):
+                elif pixels is None and not fits_alone(item.size, max_bytes):
                     immediate.append(
                         row_for(
                             item,
@@ -248,11 +252,12 @@ class Scorer:
                 else:
                     yield item
 
+        size_of = (lambda i: i.size) if pixels is None else (lambda i: pixels.image_bytes)
         pending: set[Future] = set()
         self._stop.clear()
         with ThreadPoolExecutor(config.concurrency, thread_name_prefix="score") as pool:
             try:
-                for batch in batches(sendable(), config.batch_size, max_bytes, lambda i: i.size):
+                for batch in batches(sendable(), config.batch_size, max_bytes, size_of):
                     while immediate:
                         yield immediate.popleft()
                     pending.add(pool.submit(self.score_batch, batch))

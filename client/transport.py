@@ -1,7 +1,9 @@
 """The wire: TF Serving's Predict over gRPC (default) or REST, behind one `predict()` call.
 
 Both return a `Prediction` or raise `RpcError(code, message)` with gRPC code names, so retries and
-batch splitting above do not care which protocol carried the request.
+batch splitting above do not care which protocol carried the request. With `--preprocess client`
+the images are the contract's uint8 pixels (3 x S x S bytes each, client/pixels.py), sent to
+`serving_pixels`; `metadata()` is GetModelMetadata, which says S.
 """
 
 from __future__ import annotations
@@ -18,12 +20,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.config import ScoreConfig
+from client.config import (
+    PIXELS_INPUT_KEY,
+    PREPROCESSING_OUTPUT,
+    SERVING_PIXELS,
+    ScoreConfig,
+)
+from client.pixels import ModelMetadata
 from client.retry import RpcError
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("labels", "top_scores")
+PIXELS_OUTPUTS = (*OUTPUTS, PREPROCESSING_OUTPUT)
 
 
 def pick_target(targets: list, attempt: int, counter, batch: threading.local):
@@ -44,6 +53,16 @@ class Prediction:
     labels: list[list[str]]
     scores: list[list[float]]
     model_version: int | None
+    preprocessing: list[str] | None = None  # serving_pixels' contract, per image
+
+
+def pixel_array(images: list[bytes], size: int) -> np.ndarray:
+    """Pixel payloads (each 3 x S x S bytes, client/pixels.py) -> uint8 [N, S, S, 3]."""
+    return np.frombuffer(b"".join(images), np.uint8).reshape(len(images), size, size, 3)
+
+
+def _shape(dims) -> list[int]:
+    return [int(d["size"]) if isinstance(d, dict) else d.size for d in dims]
 
 
 def _read_file(path: str | None) -> bytes | None:
@@ -87,7 +106,7 @@ class GrpcTransport:
 
         self._grpc = grpc
         self.config = config
-        self.metadata = parse_metadata(config.auth_header) or None
+        self.metadata_headers = parse_metadata(config.auth_header) or None
         self.channels = [self._channel(target) for target in config.target]
         self.stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in self.channels]
         self._next = itertools.count()
@@ -128,34 +147,81 @@ class GrpcTransport:
             return grpc.secure_channel(target, credentials, options=self.channel_options())
         return grpc.insecure_channel(target, options=self.channel_options())
 
-    def request(self, images: list[bytes]):
+    def _model_spec(self, spec) -> None:
+        config = self.config
+        spec.name = config.model_name
+        if config.version is not None:
+            spec.version.value = config.version
+        elif config.version_label:
+            spec.version_label = config.version_label
+
+    def request(self, images: list[bytes], size: int | None = None):
+        """Encoded images to --signature; with `size`, pixel payloads to serving_pixels."""
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
         from tensorflow_serving.apis import predict_pb2
 
         config = self.config
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = config.model_name
-        request.model_spec.signature_name = config.signature
-        if config.version is not None:
-            request.model_spec.version.value = config.version
-        elif config.version_label:
-            request.model_spec.version_label = config.version_label
+        self._model_spec(request.model_spec)
+
+        def dims(*sizes):
+            dim = [tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in sizes]
+            return tensor_shape_pb2.TensorShapeProto(dim=dim)
+
+        if size is None:
+            request.model_spec.signature_name = config.signature
+            tensor = tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_STRING, tensor_shape=dims(len(images)), string_val=images
+            )
+            request.inputs[config.input_key].CopyFrom(tensor)
+            request.output_filter.extend(OUTPUTS)  # only what we write: small responses
+            return request
+        request.model_spec.signature_name = SERVING_PIXELS
         tensor = tensor_pb2.TensorProto(
-            dtype=types_pb2.DT_STRING,
-            tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(images))]
-            ),
-            string_val=images,
+            dtype=types_pb2.DT_UINT8,
+            tensor_shape=dims(len(images), size, size, 3),
+            tensor_content=b"".join(images),
         )
-        request.inputs[config.input_key].CopyFrom(tensor)
-        request.output_filter.extend(OUTPUTS)  # only what we write: small responses
+        request.inputs[PIXELS_INPUT_KEY].CopyFrom(tensor)
+        request.output_filter.extend(PIXELS_OUTPUTS)
         return request
 
-    def predict(self, images: list[bytes], attempt: int = 0) -> Prediction:
+    def metadata(self, attempt: int = 0) -> ModelMetadata:
+        """GetModelMetadata's signature_def, for the model (and version or label) scored."""
+        from tensorflow.core.framework import types_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._model_spec(request.model_spec)
+        stub = pick_target(self.stubs, attempt, self._next, self._batch)
+        try:
+            response = stub.GetModelMetadata(
+                request, timeout=self.config.timeout, metadata=self.metadata_headers
+            )
+        except self._grpc.RpcError as exc:
+            raise RpcError(exc.code().name, exc.details() or "") from None
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        signatures = {
+            name: {
+                alias: (types_pb2.DataType.Name(info.dtype), _shape(info.tensor_shape.dim))
+                for alias, info in signature.inputs.items()
+            }
+            for name, signature in signature_map.signature_def.items()
+        }
+        version = (
+            response.model_spec.version.value if response.model_spec.HasField("version") else None
+        )
+        return ModelMetadata(version, signatures)
+
+    def predict(self, images: list[bytes], attempt: int = 0, size: int | None = None):
+        """A Prediction for encoded images, or with `size` for pixel payloads."""
         stub = pick_target(self.stubs, attempt, self._next, self._batch)
         try:
             response = stub.Predict(
-                self.request(images), timeout=self.config.timeout, metadata=self.metadata
+                self.request(images, size),
+                timeout=self.config.timeout,
+                metadata=self.metadata_headers,
             )
         except self._grpc.RpcError as exc:
             raise RpcError(exc.code().name, exc.details() or "") from None
@@ -164,8 +230,14 @@ class GrpcTransport:
         version = (
             response.model_spec.version.value if response.model_spec.HasField("version") else None
         )
+        contract = None
+        if PREPROCESSING_OUTPUT in response.outputs:
+            contract = list(_tensor_to_array(response.outputs[PREPROCESSING_OUTPUT]))
         return Prediction(
-            [list(row) for row in labels], [[float(s) for s in row] for row in scores], version
+            [list(row) for row in labels],
+            [[float(s) for s in row] for row in scores],
+            version,
+            contract,
         )
 
     def close(self) -> None:
@@ -270,19 +342,41 @@ class RestTransport:
             log.warning("model version unknown (status unavailable: %s); recording null", exc)
             return None
 
-    def predict(self, images: list[bytes], attempt: int = 0) -> Prediction:
+    def metadata(self, attempt: int = 0) -> ModelMetadata:
+        """GET .../metadata: the signature_def as TF Serving's JSON (int64 sizes as strings)."""
         base = pick_target(self.bases, attempt, self._next, self._batch)
-        body = json.dumps(
-            {
-                "signature_name": self.config.signature,
-                "instances": [{"b64": base64.b64encode(i).decode("ascii")} for i in images],
+        body = self._open(f"{base}{self._model_path()}/metadata")
+        try:
+            defs = body["metadata"]["signature_def"]["signature_def"]
+            signatures = {
+                name: {
+                    alias: (info.get("dtype", ""), _shape(info["tensor_shape"].get("dim", [])))
+                    for alias, info in signature.get("inputs", {}).items()
+                }
+                for name, signature in defs.items()
             }
-        ).encode()
+            version = body.get("model_spec", {}).get("version")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RpcError("INTERNAL", f"unexpected metadata from {base}: {exc!r}") from None
+        return ModelMetadata(int(version) if version else None, signatures)
+
+    def predict(self, images: list[bytes], attempt: int = 0, size: int | None = None):
+        """A Prediction for encoded images (b64), or with `size` for pixel payloads (nested lists
+        of integers: REST has no binary form for a uint8 tensor)."""
+        base = pick_target(self.bases, attempt, self._next, self._batch)
+        if size is None:
+            signature = self.config.signature
+            instances = [{"b64": base64.b64encode(i).decode("ascii")} for i in images]
+        else:
+            signature = SERVING_PIXELS
+            instances = pixel_array(images, size).tolist()
+        body = json.dumps({"signature_name": signature, "instances": instances}).encode()
         result = self._open(f"{base}{self._model_path()}:predict", body)
         rows = result.get("predictions", [])
         labels = [list(r["labels"]) for r in rows]
         scores = [[float(s) for s in r["top_scores"]] for r in rows]
-        return Prediction(labels, scores, self.model_version)
+        contract = [r[PREPROCESSING_OUTPUT] for r in rows if PREPROCESSING_OUTPUT in r]
+        return Prediction(labels, scores, self.model_version, contract if size else None)
 
     def close(self) -> None:
         pass

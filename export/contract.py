@@ -9,6 +9,14 @@ INPUT_KEY = "image_bytes"
 CLASSIFY_INPUT_KEY = "inputs"
 ENCODED_FEATURE = "image/encoded"
 SERVING_DEFAULT = "serving_default"
+# The same model on the contract's pixels (uint8 [-1, S, S, 3], export/model/pixels.py) instead of
+# encoded bytes: what `xfer-score --preprocess client` sends (client/config.py keeps copies of
+# these names, checked equal).
+SERVING_PIXELS = "serving_pixels"
+PIXELS_INPUT_KEY = "pixels"
+# serving_pixels' output naming, per image, the contract its pixels must follow: compact JSON of
+# `version`, `image_size` and `max_pixels` (the parameters a client's pixel step needs).
+PREPROCESSING_OUTPUT = "preprocessing"
 CLASSIFICATION = "classification"
 EMBEDDING = "embedding"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -22,25 +30,37 @@ DECODE_SCOPE = "decode_images"
 # warmup file replays requests with this output filter too, since each new filter costs a server
 # a new callable (1-5 s) on its first request.
 CLIENT_OUTPUT_FILTER = ("labels", "top_scores")
+# The outputs xfer-score asks serving_pixels for (client/transport.py PIXELS_OUTPUTS, checked
+# equal), warmed up for the same reason.
+CLIENT_PIXELS_OUTPUT_FILTER = (*CLIENT_OUTPUT_FILTER, PREPROCESSING_OUTPUT)
 MODEL_CARD_FILE = "model_card.json"
 LABELS_FILE = "labels.txt"
 # File name endings of the formats the preprocessing contract decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
-# signature -> output name -> (dtype name, rank-2 width: "classes" | "k" | "features")
+# signature -> output name -> (dtype name, rank-2 width: "classes" | "k" | "features", or None
+# for a rank-1 output: one value per image)
+_PREDICT_OUTPUTS = {
+    "scores": ("float32", "classes"),
+    "classes": ("int32", "k"),
+    "labels": ("string", "k"),
+    "top_scores": ("float32", "k"),
+}
 OUTPUTS = {
-    SERVING_DEFAULT: {
-        "scores": ("float32", "classes"),
-        "classes": ("int32", "k"),
-        "labels": ("string", "k"),
-        "top_scores": ("float32", "k"),
-    },
+    SERVING_DEFAULT: _PREDICT_OUTPUTS,
+    SERVING_PIXELS: {**_PREDICT_OUTPUTS, PREPROCESSING_OUTPUT: ("string", None)},
     CLASSIFICATION: {"classes": ("string", "classes"), "scores": ("float32", "classes")},
     EMBEDDING: {"features": ("float32", "features")},
 }
 METHODS = {
     SERVING_DEFAULT: PREDICT_METHOD,
+    SERVING_PIXELS: PREDICT_METHOD,
     CLASSIFICATION: CLASSIFY_METHOD,
     EMBEDDING: PREDICT_METHOD,
 }
-INPUTS = {SERVING_DEFAULT: INPUT_KEY, CLASSIFICATION: CLASSIFY_INPUT_KEY, EMBEDDING: INPUT_KEY}
+INPUTS = {
+    SERVING_DEFAULT: INPUT_KEY,
+    SERVING_PIXELS: PIXELS_INPUT_KEY,
+    CLASSIFICATION: CLASSIFY_INPUT_KEY,
+    EMBEDDING: INPUT_KEY,
+}

@@ -101,7 +101,7 @@ def input_refused_reason(exc: BaseException) -> str:
 
 
 def _last_line(text: str) -> str:
-    text = re.sub(r"\s*\[\[\{\{node .*", "", text, flags=re.S)
+    text = re.sub(r"\s*\[\[\{\{(?:function_)?node .*", "", text, flags=re.S)
     text = re.sub(r"\s*\[Op:\w+\].*", "", text, flags=re.S)
     text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
     lines = [

@@ -3,60 +3,56 @@
 The trainer, the Beam job and the exported SavedModel all call `Preprocessor`, so what a model
 sees at serving time is, by construction, what it saw in training.
 
-Contract (version PREPROCESSING_VERSION):
-1. Sniff the format from the magic bytes: JPEG, PNG, GIF, BMP; anything else is refused.
-2. Read width and height from the headers and refuse images over `max_pixels` *before* decoding,
-   so a decompression bomb is never expanded. For a GIF that is the larger of the logical screen
-   and the first frame's descriptor (TensorFlow decodes the frame's size), and only the first
-   frame's bytes reach the decoder (giflib would read every frame into memory).
-3. Decode to 8-bit RGB: grayscale is replicated, alpha is dropped (not composited), palette
-   images (PNG, GIF, 8-bit BMP) are looked up, CMYK/YCCK JPEGs are converted, 16-bit PNG
-   samples keep their high byte, an animated GIF gives its first frame. Since version 2, a JPEG
-   whose shorter side is at least JPEG_SCALE_MARGIN x 2 x the input size is decoded at 1/2, 1/4
-   or 1/8 scale (libjpeg's reduced IDCT): the largest that keeps the shorter side at least
-   JPEG_SCALE_MARGIN x the input size.
-4. Resize to the backbone's square input with bilinear interpolation and antialiasing
-   (`tf.image.resize(method="bilinear", antialias=True)`), ignoring the aspect ratio, on the
-   uint8 pixels: memory per image is bounded by the decoded image at one byte a sample, never a
-   float copy of it (an image whose width would make the kernel's float intermediate large is
-   resized in bands, columns first, equal up to float rounding; see export/model/resize.py).
-5. Normalise as the backbone's own `preprocess_input` does (the registry names the mode; a test
-   checks each mode against Keras' function). The arithmetic is written as multiply-and-add on
-   purpose: graph optimisers rewrite `x / c` as `x * (1 / c)`, which changes the last bit of some
-   values in a tf.function but not in eager mode, and zero skew means bit-identical inputs.
+Contract (version PREPROCESSING_VERSION), in two steps that can be called apart:
+1-4. `image_pixels` (export/model/pixels.py): bytes -> uint8 [S, S, 3]: format sniffing, the
+   pixel limit before decoding, decoding to RGB (large JPEGs at a reduced DCT scale), the
+   antialiased bilinear resize, rounded to uint8 (since version 3). Pure TensorFlow, so that a
+   client can make the same pixels (`xfer-score --preprocess client`) and send them to the
+   exported model's `serving_pixels` signature.
+5. `normalise`: uint8 -> float32, as the backbone's own `preprocess_input` does (the registry
+   names the mode; a test checks each mode against Keras' function). The arithmetic is written
+   as multiply-and-add on purpose: graph optimisers rewrite `x / c` as `x * (1 / c)`, which
+   changes the last bit of some values in a tf.function but not in eager mode, and zero skew
+   means bit-identical inputs.
 
 Version 1 decoded every JPEG at full size and cast the full-size image to float32 before resizing
-(about 500 MB for a 36-megapixel PNG of a few kilobytes). Models exported with it keep it: the
-preprocessing is in their graph. Bottlenecks record the version, and training refuses ones made
-with another.
+(about 500 MB for a 36-megapixel PNG of a few kilobytes); version 2 fed the resize's fractional
+output to the network. Models exported with them keep them: the preprocessing is in their graph.
+Bottlenecks record the version, and training refuses ones made with another.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import tensorflow as tf
 
 from export.contract import DECODE_SCOPE
 from export.model.backbones import BackboneConfig
-from export.model.image_headers import (
-    BMP,
-    UNKNOWN,
-    bmp_colour_table,
-    header_size,
-    read_header,
-    sniff,
-    uint_at,
-)
 from export.model.names import DEFAULT_MAX_PIXELS
-from export.model.resize import RESIZE_METHOD, resize_image
+from export.model.pixels import (
+    JPEG_RATIOS,
+    JPEG_SCALE_MARGIN,
+    PREPROCESSING_VERSION,
+    ROUNDING,
+    decode_image,
+    error_reason,
+    image_pixels,
+)
+from export.model.resize import RESIZE_METHOD
 
-PREPROCESSING_VERSION = "2"
-# Version 2: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's reduced IDCT), the largest
-# that leaves its shorter side at least JPEG_SCALE_MARGIN times the input size.
-JPEG_RATIOS = (1, 2, 4, 8)
-JPEG_SCALE_MARGIN = 4
+# Names of the contract that callers import from here (the pixel step's live in pixels.py).
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "JPEG_RATIOS",
+    "JPEG_SCALE_MARGIN",
+    "NORMALIZATIONS",
+    "PREPROCESSING_VERSION",
+    "EagerPreprocessor",
+    "Preprocessor",
+    "decode_image",
+    "error_reason",
+]
 
 # mode -> (description, function on float32 RGB in [0, 255])
 NORMALIZATIONS = {
@@ -79,105 +75,6 @@ NORMALIZATIONS = {
 }
 
 
-def _jpeg_ratio_index(width: tf.Tensor, height: tf.Tensor, size: int) -> tf.Tensor:
-    """Index into JPEG_RATIOS of the largest ratio that leaves the shorter side of the decoded
-    image at least JPEG_SCALE_MARGIN times the model's input size."""
-    shorter = tf.minimum(width, height)
-    index = tf.constant(0)
-    for i, ratio in enumerate(JPEG_RATIOS[1:], start=1):
-        index = tf.where(shorter >= JPEG_SCALE_MARGIN * ratio * size, i, index)
-    return index
-
-
-def _decode(contents: tf.Tensor, max_pixels: int, size: int | None):
-    """(pixels, palette): uint8 [H, W, 3] and an empty [0, 3] palette, or for an 8-bit BMP its
-    uint8 [H, W, 1] colour indices and [N, 3] colour table (looked up by the caller, band by
-    band, so that the image is never held at full size in more than one byte per pixel).
-    With `size`, a large JPEG is decoded at a reduced DCT scale (_jpeg_ratio_index)."""
-    contents = tf.convert_to_tensor(contents, tf.string)
-    header = read_header(contents)
-    fmt = sniff(header)
-    known = tf.debugging.Assert(
-        fmt != UNKNOWN,
-        ["not a decodable image: unknown format (expected JPEG, PNG, GIF or BMP)"],
-    )
-    with tf.control_dependencies([known]):
-        width, height, end = header_size(contents, header, fmt)
-    pixels = width * height
-    message = tf.strings.format(
-        "image is {}x{} = {} pixels, over the limit of {} (max_pixels)",
-        (width, height, pixels, max_pixels),
-    )
-    within_limit = tf.debugging.Assert(pixels <= max_pixels, [message])
-    not_empty = tf.debugging.Assert(
-        pixels > 0, ["not a decodable image: header declares zero width or height"]
-    )
-    bits_per_pixel = uint_at(header, 28, 2, False)
-    is_bmp = tf.equal(fmt, BMP)
-    bmp_depth_ok = tf.debugging.Assert(
-        tf.logical_or(tf.logical_not(is_bmp), bits_per_pixel >= 8),
-        [tf.strings.format("BMP with {} bits per pixel is not supported", bits_per_pixel)],
-    )
-    no_palette = tf.zeros([0, 3], tf.uint8)
-
-    def generic():
-        return tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
-
-    def jpeg():
-        def at(ratio):
-            # The accurate integer IDCT: the library default trades accuracy for speed. At a
-            # reduced scale libjpeg computes a smaller IDCT from the same coefficients.
-            return lambda: tf.io.decode_jpeg(
-                contents, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
-            )
-
-        if size is None:
-            return at(1)(), no_palette
-        index = _jpeg_ratio_index(width, height, size)
-        return tf.switch_case(index, [at(r) for r in JPEG_RATIOS]), no_palette
-
-    def gif():
-        # Only the first frame's bytes (and a trailer) reach the decoder: giflib reads every
-        # frame of a file into memory before TensorFlow looks at the first.
-        first = tf.cond(
-            end < tf.cast(tf.strings.length(contents), tf.int64),
-            lambda: tf.strings.substr(contents, tf.constant(0, tf.int64), end) + b"\x3b",
-            lambda: contents,
-        )
-        return (
-            tf.io.decode_image(first, channels=3, dtype=tf.uint8, expand_animations=False),
-            no_palette,
-        )
-
-    def bmp():
-        def palette():
-            indices = tf.io.decode_bmp(contents, channels=0)
-            return indices[..., :1], bmp_colour_table(contents, header)
-
-        return tf.cond(tf.equal(bits_per_pixel, 8), palette, lambda: (generic(), no_palette))
-
-    with tf.control_dependencies([within_limit, not_empty, bmp_depth_ok]):
-        image, table = tf.switch_case(
-            fmt,
-            [lambda: (generic(), no_palette), jpeg, lambda: (generic(), no_palette), gif, bmp],
-        )
-    image.set_shape([None, None, None])
-    return image, table
-
-
-def decode_image(contents: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
-    """Scalar string -> uint8 [H, W, 3] at full size, refusing unknown formats and oversized
-    images (for display; the model's input is `Preprocessor`'s)."""
-    image, table = _decode(contents, max_pixels, size=None)
-    image = tf.cond(
-        tf.shape(table)[0] > 0,
-        lambda: tf.gather(table, tf.cast(image[..., 0], tf.int32)),
-        lambda: image,
-    )
-    image.set_shape([None, None, 3])
-    return image
-
-
 @dataclass(frozen=True)
 class Preprocessor:
     """The contract for one backbone: bytes -> normalised float32 [S, S, 3]."""
@@ -198,11 +95,21 @@ class Preprocessor:
     def output_spec(self) -> tf.TensorSpec:
         return tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32)
 
+    def pixels(self, contents: tf.Tensor) -> tf.Tensor:
+        """Scalar string -> uint8 [S, S, 3]: the contract's steps 1-4 (export/model/pixels.py)."""
+        return image_pixels(contents, self.image_size, self.max_pixels)
+
+    def normalise(self, pixels: tf.Tensor) -> tf.Tensor:
+        """uint8 [..., S, S, 3] -> float32: step 5, element by element, so one image or a batch
+        gives the same values."""
+        normalised = NORMALIZATIONS[self.backbone.spec.normalization][1](
+            tf.cast(pixels, tf.float32)
+        )
+        return tf.cast(normalised, tf.float32)
+
     def __call__(self, contents: tf.Tensor) -> tf.Tensor:
         size = self.image_size
-        resized = resize_image(*_decode(contents, self.max_pixels, size), size)
-        normalised = NORMALIZATIONS[self.backbone.spec.normalization][1](resized)
-        return tf.ensure_shape(tf.cast(normalised, tf.float32), [size, size, 3])
+        return tf.ensure_shape(self.normalise(self.pixels(contents)), [size, size, 3])
 
     def batch(self, contents: tf.Tensor) -> tf.Tensor:
         """[N] strings -> [N, S, S, 3]; the form used inside the exported graph, under the
@@ -227,34 +134,10 @@ class Preprocessor:
                 "JPEG decoded at 1/2, 1/4 or 1/8 scale, the largest that keeps its shorter side"
                 f" >= {JPEG_SCALE_MARGIN} x image_size"
             ),
+            "rounding": ROUNDING,
             "normalization": NORMALIZATIONS[spec.normalization][0],
             "max_pixels": self.max_pixels,
         }
-
-
-# tf.debugging.Assert words its message differently in graph and in eager mode.
-_ASSERTION = re.compile(
-    r"assertion failed: \[(?P<msg>.*?)\]|Summarized data: b(?P<q>['\"])(?P<eager>.*?)(?P=q)", re.S
-)
-
-
-def error_reason(exc: BaseException) -> str:
-    """A one-line reason from a TensorFlow decode error, without graph node noise."""
-    text = getattr(exc, "message", None) or str(exc)
-    match = _ASSERTION.search(text)
-    if match:
-        return (match.group("msg") or match.group("eager")).strip()
-    text = re.sub(r"\s*\[\[\{\{node .*", "", text, flags=re.S)
-    text = re.sub(r"\s*\[Op:\w+\].*", "", text, flags=re.S)
-    text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
-    lines = [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip()
-        and not line.startswith("  ")
-        and not line.startswith(("Graph execution error", "Detected at node"))
-    ]
-    return f"not a decodable image: {lines[-1] if lines else type(exc).__name__}"
 
 
 class EagerPreprocessor:

@@ -3,7 +3,8 @@
 `python -m export.publishing.gate --saved-model DIR --request REQ.json --output OUT.npz` runs
 in a new interpreter (no Keras objects, no TF2 caches from the exporter), loads the SavedModel with
 `tf.compat.v1.saved_model.loader.load(sess, ["serve"], dir)`, runs every signature through its
-SignatureDef tensor names, replays the warmup file, checks the contract (docs/architecture.md,
+SignatureDef tensor names (serving_pixels on the images' pixels, made by the contract's pixel
+step as a client makes them), replays the warmup file, checks the contract (docs/architecture.md,
 "Exported model") and writes every output for the parent to compare with the in-memory model
 (`run_gate`).
 
@@ -37,7 +38,10 @@ from export.contract import (
     INPUTS,
     METHODS,
     OUTPUTS,
+    PIXELS_INPUT_KEY,
+    PREPROCESSING_OUTPUT,
     SERVE_TAG,
+    SERVING_PIXELS,
     WARMUP_FILE,
 )
 
@@ -89,8 +93,42 @@ def _check_outputs(name: str, values: dict, n: int, expect: dict, problems: list
         kind = "string" if value.dtype == object else str(value.dtype)
         if kind != dtype:
             problems.append(f"{name}/{output}: dtype {kind}, expected {dtype}")
-        if value.shape != (n, widths[width]):
-            problems.append(f"{name}/{output}: shape {value.shape}, expected {(n, widths[width])}")
+        shape = (n,) if width is None else (n, widths[width])
+        if value.shape != shape:
+            problems.append(f"{name}/{output}: shape {value.shape}, expected {shape}")
+
+
+def _pixels(signature, images: list[bytes]) -> np.ndarray:
+    """The images as a client sends them to serving_pixels: the contract's pixel step, at the
+    size the signature's input declares."""
+    import tensorflow as tf
+
+    from export.model.pixels import image_pixels
+
+    size = signature.inputs[PIXELS_INPUT_KEY].tensor_shape.dim[1].size
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+        contents = tf.compat.v1.placeholder(tf.string, [])
+        pixels = image_pixels(contents, size)
+        return np.stack([sess.run(pixels, {contents: image}) for image in images])
+
+
+def _check_contract(signature, values: dict, problems: list[str]) -> None:
+    """serving_pixels' `preprocessing` output names this contract's version and the input size."""
+    from export.model.pixels import PREPROCESSING_VERSION
+
+    size = signature.inputs[PIXELS_INPUT_KEY].tensor_shape.dim[1].size
+    for text in {str(v, "utf-8") if isinstance(v, bytes) else str(v) for v in values}:
+        try:
+            contract = json.loads(text)
+            ok = contract["version"] == PREPROCESSING_VERSION and contract["image_size"] == size
+            ok = ok and isinstance(contract["max_pixels"], int)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            problems.append(
+                f"{SERVING_PIXELS}/{PREPROCESSING_OUTPUT}: {text!r}, expected version "
+                f"{PREPROCESSING_VERSION!r}, image_size {size} and max_pixels"
+            )
 
 
 def _replay(sess, signatures: dict, log) -> None:
@@ -138,11 +176,17 @@ def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]
             if input_key not in sig.inputs:
                 problems.append(f"{name}: no input {input_key!r} (has {sorted(sig.inputs)})")
                 continue
-            feed = [example_bytes(i) for i in images] if name == CLASSIFICATION else images
+            feed = images
+            if name == CLASSIFICATION:
+                feed = [example_bytes(i) for i in images]
+            elif name == SERVING_PIXELS:
+                feed = _pixels(sig, images)
             fetches = {k: v.name for k, v in sig.outputs.items()}
             values = sess.run(fetches, {sig.inputs[input_key].name: feed})
             if name in OUTPUTS:
                 _check_outputs(name, values, n, request, problems)
+            if name == SERVING_PIXELS and PREPROCESSING_OUTPUT in values:
+                _check_contract(sig, values[PREPROCESSING_OUTPUT], problems)
             for key, value in values.items():
                 if value.dtype != object:
                     arrays[f"{name}/{key}"] = value
@@ -264,6 +308,9 @@ def run_gate(
     diffs = {
         "serving_default/scores": float(
             np.max(np.abs(arrays["serving_default/scores"] - expected_scores))
+        ),
+        "serving_pixels/scores": float(
+            np.max(np.abs(arrays["serving_pixels/scores"] - expected_scores))
         ),
         "classification/scores": float(
             np.max(np.abs(arrays["classification/scores"] - expected_scores))

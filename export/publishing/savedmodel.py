@@ -5,15 +5,20 @@ Layout of a version directory (docs/architecture.md, "Exported model"):
   assets/labels.txt                   one class name per line, index = class id
   assets.extra/model_card.json        what was trained on what, and how well
   assets.extra/tf_serving_warmup_requests   PredictionLog records of real validation images
+
+Signatures: serving_default (encoded bytes), serving_pixels (the same model on uint8 pixels made by
+the contract's pixel step, for clients that preprocess), classification, embedding.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import saved_model_pb2
@@ -24,12 +29,16 @@ from export.contract import (
     CLASSIFY_INPUT_KEY,
     CLASSIFY_METHOD,
     CLIENT_OUTPUT_FILTER,
+    CLIENT_PIXELS_OUTPUT_FILTER,
     EMBEDDING,
     ENCODED_FEATURE,
     INPUT_KEY,
     LABELS_FILE,
     MODEL_CARD_FILE,
+    PIXELS_INPUT_KEY,
+    PREPROCESSING_OUTPUT,
     SERVING_DEFAULT,
+    SERVING_PIXELS,
     WARMUP_FILE,
 )
 from export.model.preprocessing import Preprocessor
@@ -52,6 +61,16 @@ def _on_batch(model: keras.Model):
     return call
 
 
+def pixels_contract(preprocessor: Preprocessor) -> str:
+    """serving_pixels' `preprocessing` output: what a client's pixel step must be, as compact
+    JSON (the model card's `preprocessing` holds the same values and their descriptions)."""
+    described = preprocessor.describe()
+    return json.dumps(
+        {key: described[key] for key in ("version", "image_size", "max_pixels")},
+        separators=(",", ":"),
+    )
+
+
 def _endpoints(
     classifier: keras.Model,
     extractor: keras.Model,
@@ -63,9 +82,8 @@ def _endpoints(
     k = min(top_k, len(labels))
     classify, embed = _on_batch(classifier), _on_batch(extractor)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
-    def serving_default(image_bytes):
-        scores = classify(preprocessor.batch(image_bytes))
+    def predictions(images):
+        scores = classify(images)
         top = tf.math.top_k(scores, k=k)
         return {
             "scores": scores,
@@ -73,6 +91,21 @@ def _endpoints(
             "labels": tf.gather(label_table, top.indices),
             "top_scores": top.values,
         }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    def serving_default(image_bytes):
+        return predictions(preprocessor.batch(image_bytes))
+
+    size = preprocessor.image_size
+    contract = tf.constant(pixels_contract(preprocessor))
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=PIXELS_INPUT_KEY)]
+    )
+    def serving_pixels(pixels):
+        """The pixels `image_pixels` makes, from a client: only the normalisation is left."""
+        outputs = predictions(preprocessor.normalise(pixels))
+        return {**outputs, PREPROCESSING_OUTPUT: tf.fill(tf.shape(pixels)[:1], contract)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT_KEY)])
     def classification(inputs):
@@ -87,7 +120,12 @@ def _endpoints(
     def embedding(image_bytes):
         return {"features": embed(preprocessor.batch(image_bytes))}
 
-    return {SERVING_DEFAULT: serving_default, CLASSIFICATION: classification, EMBEDDING: embedding}
+    return {
+        SERVING_DEFAULT: serving_default,
+        SERVING_PIXELS: serving_pixels,
+        CLASSIFICATION: classification,
+        EMBEDDING: embedding,
+    }
 
 
 def set_method_name(saved_model_dir: str | Path, signature: str, method_name: str) -> None:
@@ -118,10 +156,11 @@ def write_saved_model(
     fsutil.atomic_write_text(Path(directory) / "assets" / LABELS_FILE, "\n".join(labels) + "\n")
 
 
-def warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
+def warmup_records(model_name: str, images: Sequence[bytes], pixels: np.ndarray) -> list[bytes]:
     """Serialized PredictionLog records, for one batch of all images and for the first one alone:
-    every signature, and serving_default both whole and with the output filter xfer-score sends
-    (a server builds one callable per signature and filter; each is built here, at load)."""
+    every signature, and serving_default and serving_pixels both whole and with the output filter
+    xfer-score sends (a server builds one callable per signature and filter; each is built here,
+    at load). `pixels`: the images' uint8 pixels (export.model.pixels.image_pixels)."""
     from tensorflow_serving.apis import (
         classification_pb2,
         input_pb2,
@@ -135,7 +174,11 @@ def warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature),
             output_filter=list(output_filter),
         )
-        request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        if signature == SERVING_PIXELS:
+            tensor = tf.make_tensor_proto(pixels[: len(batch)], dtype=tf.uint8)
+            request.inputs[PIXELS_INPUT_KEY].CopyFrom(tensor)
+        else:
+            request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
         return prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         )
@@ -158,19 +201,23 @@ def warmup_records(model_name: str, images: Sequence[bytes]) -> list[bytes]:
         logs += [
             predict(batch, SERVING_DEFAULT),
             predict(batch, SERVING_DEFAULT, CLIENT_OUTPUT_FILTER),
+            predict(batch, SERVING_PIXELS),
+            predict(batch, SERVING_PIXELS, CLIENT_PIXELS_OUTPUT_FILTER),
             predict(batch, EMBEDDING),
             classify(batch),
         ]
     return [log.SerializeToString() for log in logs]
 
 
-def write_warmup(directory: str | Path, model_name: str, images: Sequence[bytes]) -> None:
+def write_warmup(
+    directory: str | Path, model_name: str, images: Sequence[bytes], pixels: np.ndarray
+) -> None:
     extra = Path(directory) / "assets.extra"
     extra.mkdir(parents=True, exist_ok=True)
     target = extra / WARMUP_FILE
     tmp = extra / f".{WARMUP_FILE}.{os.getpid()}.tmp"
     with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for record in warmup_records(model_name, images):
+        for record in warmup_records(model_name, images, pixels):
             writer.write(record)
     os.replace(tmp, target)
 

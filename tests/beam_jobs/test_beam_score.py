@@ -108,3 +108,37 @@ def test_image_weight_bounds_both_images_and_bytes_per_request():
     assert request_bytes([2800] * 3) <= 10_000
     assert sum(weight(i) for i in big[:4]) > beam_score.BATCH_CAPACITY  # 4 would not fit
     assert request_bytes([2800] * 4) > 10_000
+
+
+def test_beam_scoring_with_client_preprocessing_matches_the_bytes_path(
+    two_version_server, folder, tmp_path
+):
+    """--preprocess client in the workers: the same rows, within 1e-5, as the bytes path; the
+    400x400 PNG over the file limit is scored, since its request is its 32x32x3 pixels."""
+    target = f"127.0.0.1:{two_version_server.grpc_port}"
+    common = ["--target", target, "--model-name", MODEL, "--max-message-mb", "0.1",
+              "--batch-size", "4"]  # fmt: skip
+    by_bytes, by_pixels = tmp_path / "bytes", tmp_path / "pixels"
+    beam_score.run(["--input", str(folder), "--output", str(by_bytes), *common])
+    beam_score.run(
+        ["--input", str(folder), "--output", str(by_pixels), *common, "--preprocess", "client"]
+    )
+    rows = {r["uri"]: r for r in read_jsonl(by_bytes, "predictions")}
+    pixel_rows = {r["uri"]: r for r in read_jsonl(by_pixels, "predictions")}
+    errors = {e["uri"]: e["error"] for e in read_jsonl(by_pixels, "errors")}
+    huge = str(folder / "huge.png")
+    assert pixel_rows.keys() == rows.keys() | {huge}
+    assert pixel_rows[huge]["labels"][0] == "red"
+    for uri, row in rows.items():
+        assert pixel_rows[uri]["labels"] == row["labels"]
+        assert pixel_rows[uri]["model_version"] == row["model_version"]
+        assert pixel_rows[uri]["scores"] == pytest.approx(row["scores"], abs=1e-5)
+    broken = str(folder / "broken.jpg")
+    assert errors == {
+        e["uri"]: e["error"] for e in read_jsonl(by_bytes, "errors") if e["uri"] == broken
+    }
+
+
+def test_image_weight_counts_images_only_for_client_preprocessing():
+    weight = beam_score.ImageWeight(batch_size=4, max_bytes=10_000, pixels=True)
+    assert weight(b"x" * 9_000) == weight(b"x") == beam_score.BATCH_CAPACITY // 4

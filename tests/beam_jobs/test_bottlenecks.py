@@ -95,7 +95,7 @@ def test_output_files_schema_and_metadata(bottlenecks_dir, shapes_root):
     assert not list(out.glob(".tmp-*")), "the first pass's temporary shards were left behind"
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["backbone"]["name"] == "tiny" and meta["feature_dim"] == 32
-    assert meta["preprocessing_version"] == "2" and meta["errors"] == 2
+    assert meta["preprocessing_version"] == "3" and meta["errors"] == 2
     assert meta["total"] == 120 and meta["duplicates"] == [] and meta["leakage"] == []
     assert (
         sum(meta["counts"]["train"].values())

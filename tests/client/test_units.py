@@ -15,7 +15,11 @@ from client.retry import RetryPolicy, RpcError, call_with_retry
 
 
 def test_client_imports_nothing_from_the_other_stages():
-    assert other_stages_imported("client", {"export", "beam_jobs", "serving"}) == []
+    # But the one documented exception: --preprocess client calls the contract's pixel step.
+    imported = other_stages_imported("client", {"export", "beam_jobs", "serving"})
+    assert [i.split(":")[0] + " " + i.split(" ")[1] for i in imported] == [
+        "client/pixels.py export.model.pixels"
+    ]
 
 
 def test_interface_names_match_the_export_contract():
@@ -24,9 +28,13 @@ def test_interface_names_match_the_export_contract():
 
     assert config.INPUT_KEY == contract.INPUT_KEY
     assert config.SERVING_DEFAULT == contract.SERVING_DEFAULT
+    assert config.SERVING_PIXELS == contract.SERVING_PIXELS
+    assert config.PIXELS_INPUT_KEY == contract.PIXELS_INPUT_KEY
+    assert config.PREPROCESSING_OUTPUT == contract.PREPROCESSING_OUTPUT
     assert config.IMAGE_EXTENSIONS == contract.IMAGE_EXTENSIONS
     # the exporter's warmup replays the output filter the client sends
     assert tuple(transport.OUTPUTS) == contract.CLIENT_OUTPUT_FILTER
+    assert tuple(transport.PIXELS_OUTPUTS) == contract.CLIENT_PIXELS_OUTPUT_FILTER
 
 
 def test_batches_respect_count_and_bytes_and_keep_order():

@@ -12,6 +12,7 @@ import tensorflow as tf
 from imagegen import COLOURS, encode, square_image
 
 from export.contract import CLASSIFY_METHOD, PREDICT_METHOD
+from export.model.pixels import image_pixels
 from export.publishing.exporter import export_model
 from export.publishing.gate import GateError, run_gate
 from export.publishing.publish import TMP_PREFIX, VersionExistsError, publish
@@ -42,12 +43,18 @@ def test_model_card_fields(exported):
     assert card["version"] == 1 and card["model_name"] == "shapes"
     assert card["classes"] == ["blue", "green", "red"]
     assert card["backbone"]["name"] == "tiny" and card["backbone"]["feature_dim"] == 32
-    assert card["preprocessing"]["version"] == "2"
+    assert card["preprocessing"]["version"] == "3"
     assert len(card["data"]["hash"]) == 64
     assert card["metrics"]["validation"]["accuracy"] >= 0.9
     assert {"tensorflow", "keras", "numpy", "python"} <= set(card["versions"])
     assert card["gate"]["max_abs_diff"]["serving_default/scores"] <= 1e-5
-    assert set(card["signatures"]) == {"serving_default", "classification", "embedding"}
+    assert card["gate"]["max_abs_diff"]["serving_pixels/scores"] <= 1e-5
+    assert set(card["signatures"]) == {
+        "serving_default",
+        "serving_pixels",
+        "classification",
+        "embedding",
+    }
 
 
 def test_warmup_file_parses_as_prediction_logs(exported):
@@ -58,8 +65,9 @@ def test_warmup_file_parses_as_prediction_logs(exported):
         prediction_log_pb2.PredictionLog.FromString(r)
         for r in tf.compat.v1.io.tf_record_iterator(str(path))
     ]
-    # Every signature, and serving_default also with xfer-score's output filter: a server builds
-    # one callable per (signature, filter), so each is built at load, not on a user's request.
+    # Every signature, and serving_default and serving_pixels also with xfer-score's output
+    # filter: a server builds one callable per (signature, filter), so each is built at load, not
+    # on a user's request.
     kinds = [
         (log.WhichOneof("log_type"), getattr(log, log.WhichOneof("log_type")).request)
         for log in logs
@@ -71,19 +79,24 @@ def test_warmup_file_parses_as_prediction_logs(exported):
     assert seen == {
         ("predict_log", "serving_default", ()),
         ("predict_log", "serving_default", ("labels", "top_scores")),
+        ("predict_log", "serving_pixels", ()),
+        ("predict_log", "serving_pixels", ("labels", "top_scores", "preprocessing")),
         ("predict_log", "embedding", ()),
         ("classify_log", "classification", ()),
     }
-    assert len(logs) == 8  # each for a batch of all warmup images, and for one image
+    assert len(logs) == 12  # each for a batch of all warmup images, and for one image
     assert all(r.model_spec.name == "shapes" for _, r in kinds)
     images = tf.make_ndarray(logs[0].predict_log.request.inputs["image_bytes"])
     assert images.shape == (5,) and all(bytes(i)[:2] in (b"\xff\xd8", b"\x89P") for i in images)
-    examples = logs[3].classify_log.request.input.example_list.examples
+    pixels = tf.make_ndarray(logs[2].predict_log.request.inputs["pixels"])
+    assert pixels.shape == (5, 32, 32, 3) and pixels.dtype == np.uint8
+    examples = logs[5].classify_log.request.input.example_list.examples
     assert len(examples) == 5 and examples[0].features.feature["image/encoded"].bytes_list.value
 
 
 def test_tf1_style_load_and_every_signature(exported):
     images = [jpeg("red"), jpeg("green"), jpeg("blue")]
+    pixels = np.stack([image_pixels(i, 32).numpy() for i in images])
     example = tf.train.Example(
         features=tf.train.Features(
             feature={
@@ -118,12 +131,23 @@ def test_tf1_style_load_and_every_signature(exported):
         out = run("embedding", "image_bytes", images)
         assert out["features"].shape == (3, 32)
 
+        # serving_pixels: the same model on the contract's uint8 pixels, naming the contract.
+        assert sigs["serving_pixels"].method_name == PREDICT_METHOD
+        by_bytes = run("serving_default", "image_bytes", images)
+        out = run("serving_pixels", "pixels", pixels)
+        np.testing.assert_allclose(out["scores"], by_bytes["scores"], atol=1e-6)
+        assert out["labels"].tolist() == by_bytes["labels"].tolist()
+        assert [json.loads(v) for v in out["preprocessing"]] == [
+            {"version": "3", "image_size": 32, "max_pixels": 40_000_000}
+        ] * 3
+
 
 def test_parity_measured_by_the_gate(exported):
     diffs = exported.gate.max_abs_diff
     assert diffs["serving_default/scores"] <= 1e-5
     assert diffs["classification/scores"] <= 1e-5
-    assert exported.gate.warmup_records == 8
+    assert diffs["serving_pixels/scores"] <= 1e-5
+    assert exported.gate.warmup_records == 12
 
 
 def test_second_export_publishes_version_2_and_version_never_overwrites(
