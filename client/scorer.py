@@ -109,6 +109,7 @@ class Summary:
     images_per_s: float = 0.0
     latency_ms: dict = field(default_factory=dict)
     model_versions: dict = field(default_factory=dict)  # version (str) -> rows
+    shadow: dict | None = None  # client.shadow.Shadow.as_dict(), with --shadow-version(-label)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +123,16 @@ class Summary:
             f"{self.images_per_s:.1f} images/s over {self.elapsed_s:.1f}s, {self.requests} requests"
             f" ({self.retries} retries); latency p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms,"
             f" p99 {lat.get('p99')} ms\nmodel versions: {versions}"
+            + (self._shadow_line() if self.shadow else "")
+        )
+
+    def _shadow_line(self) -> str:
+        s = self.shadow or {}
+        agreement = "n/a" if s.get("agreement") is None else f"{s['agreement']:.4f}"
+        versions = ", ".join(f"{v}: {n}" for v, n in sorted(s["model_versions"].items())) or "-"
+        return (
+            f"\nshadow: versions {versions}; top-1 agreement {agreement} over {s['compared']} "
+            f"rows, {s['errors']} shadow errors"
         )
 
 
@@ -142,7 +153,8 @@ def row_for(item: Item, *, labels=None, scores=None, version=None, error=None) -
 class Scorer:
     """Scores items through a transport; thread-safe `score_batch`, streaming `results`."""
 
-    def __init__(self, config: ScoreConfig, transport=None):
+    def __init__(self, config: ScoreConfig, transport=None, shadow_transport=None):
+        from client.shadow import Shadow
         from client.transport import make_transport
 
         self.config = config
@@ -154,6 +166,7 @@ class Scorer:
             budget_s=config.retry_budget_s,
         )
         self.latency = LatencyReservoir()
+        self.shadow = Shadow(config, self.policy, shadow_transport) if config.shadowed else None
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set when `results` ends: pending retries give up
         self.requests = 0
@@ -213,10 +226,11 @@ class Scorer:
         if len(prediction.labels) != len(items) or len(prediction.scores) != len(items):
             error = f"server returned {len(prediction.labels)} rows for {len(items)} images"
             return [row_for(item, error=error) for item in items]
-        return [
+        rows = [
             row_for(item, labels=labels, scores=scores, version=prediction.model_version)
             for item, labels, scores in zip(items, prediction.labels, prediction.scores)
         ]
+        return self.shadow.attach(rows, images, self._stop) if self.shadow else rows
 
     def _image_error(self, item: Item, exc: RpcError) -> str:
         if exc.too_large:  # not a RESOURCE_EXHAUSTED row: those are transient (output.py)
@@ -273,6 +287,8 @@ class Scorer:
 
     def close(self) -> None:
         self.transport.close()
+        if self.shadow:
+            self.shadow.close()
 
 
 def score(
@@ -360,5 +376,6 @@ def run(config: ScoreConfig) -> Summary:
         summary.retries = scorer.retries
         summary.latency_ms = scorer.latency.percentiles_ms()
         summary.model_versions = dict(versions)
+        summary.shadow = scorer.shadow.as_dict() if scorer.shadow else None
     log.info("summary: %s", summary.as_dict())
     return summary
