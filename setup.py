@@ -75,6 +75,7 @@ setup(
             "xfer-serving-configs=serving.deploy_configs:main",
             "xfer-score=client.cli:main",
             "xfer-evaluate=client.evaluate:main",
+            "xfer-compare-versions=client.compare_versions:main",
             "xfer-bottlenecks=beam_jobs.cli:bottlenecks",
             "xfer-beam-predict=beam_jobs.cli:predict",
             "xfer-beam-score=beam_jobs.cli:score",

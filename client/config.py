@@ -49,6 +49,12 @@ class ScoreConfig:
     )
     version: int | None = opt(None, "pin a model version")
     version_label: str | None = opt(None, "pin a version label (e.g. stable)")
+    shadow_version: int | None = opt(
+        None, "also send each batch to this version; its answer goes in the row's `shadow`"
+    )
+    shadow_version_label: str | None = opt(
+        None, "the shadow by version label instead (e.g. canary)"
+    )
     signature: str = opt(SERVING_DEFAULT, "signature name")
     input_key: str = opt(INPUT_KEY, "the signature's input of encoded image bytes")
     preprocess: Literal["server", "client"] = opt(
@@ -113,6 +119,14 @@ class ScoreConfig:
             fail("--model-name is required", self.model_name)
         if self.version is not None and self.version_label:
             fail("--version and --version-label are exclusive", (self.version, self.version_label))
+        if self.shadow_version is not None and self.shadow_version_label:
+            fail(
+                "--shadow-version and --shadow-version-label are exclusive",
+                (self.shadow_version, self.shadow_version_label),
+            )
+        if self.shadowed and self.format == "csv":
+            fail("--shadow-version(-label) writes JSONL only (rows hold a `shadow` object)",
+                 self.output)  # fmt: skip
         if self.batch_size < 1:
             fail("--batch-size must be >= 1", self.batch_size)
         if self.concurrency < 1:
@@ -141,6 +155,10 @@ class ScoreConfig:
         for header in self.auth_header:
             if ":" not in header:
                 fail("--auth-header must be 'name: value'", header)
+
+    @property
+    def shadowed(self) -> bool:
+        return self.shadow_version is not None or bool(self.shadow_version_label)
 
     def replace(self, **changes) -> ScoreConfig:
         return dataclasses.replace(self, **changes)

@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import tyro
 
 from client.cliargs import parse
+from client.figures import atomic_write, save_figure
 from client.inputs import read_bytes
 from client.output import read_rows
 
@@ -67,31 +67,6 @@ class Report:
         )
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Temp file, fsync, rename: a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _save_figure(fig, path: str) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _atomic_write(path, buffer.getvalue())
-
-
 def plot_confusion(matrix, classes: list[str], path: str) -> None:
     import matplotlib
 
@@ -112,7 +87,7 @@ def plot_confusion(matrix, classes: list[str], path: str) -> None:
                 colour = "white" if matrix[i, j] > peak / 2 else "black"
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour)
     ax.set_title("confusion matrix")
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -159,7 +134,7 @@ def plot_misclassified(rows: list[dict], path: str) -> None:
     if not rows:
         axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle("misclassified (true / predicted)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -204,14 +179,14 @@ def evaluate(config: EvaluateConfig) -> Report:
             "confusion_matrix": os.path.join(config.out_dir, "confusion_matrix.png"),
             "misclassified": os.path.join(config.out_dir, "misclassified.png"),
         }
-        _atomic_write(files["report"], text.encode())
+        atomic_write(files["report"], text.encode())
         plot_confusion(matrix, classes, files["confusion_matrix"])
         plot_misclassified(wrong, files["misclassified"])
         report.files.update(files)
     else:
         log.warning("%s: no labelled, scored rows to evaluate", config.predictions)
     report.files["metrics"] = os.path.join(config.out_dir, "metrics.json")
-    _atomic_write(report.files["metrics"], json.dumps(report.as_dict(), indent=2).encode())
+    atomic_write(report.files["metrics"], json.dumps(report.as_dict(), indent=2).encode())
     return report
 
 

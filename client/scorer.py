@@ -91,7 +91,8 @@ def row_for(item: Item, *, labels=None, scores=None, version=None, error=None) -
 class Scorer:
     """Scores items through a transport; thread-safe `score_batch`, streaming `results`."""
 
-    def __init__(self, config: ScoreConfig, transport=None):
+    def __init__(self, config: ScoreConfig, transport=None, shadow_transport=None):
+        from client.shadow import Shadow
         from client.transport import make_transport
 
         self.config = config
@@ -103,6 +104,7 @@ class Scorer:
             budget_s=config.retry_budget_s,
         )
         self.latency = LatencyReservoir()
+        self.shadow = Shadow(config, self.policy, shadow_transport) if config.shadowed else None
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set when `results` ends: pending retries give up
         self.requests = 0
@@ -204,10 +206,11 @@ class Scorer:
         if len(prediction.labels) != len(items) or len(prediction.scores) != len(items):
             error = f"server returned {len(prediction.labels)} rows for {len(items)} images"
             return [row_for(item, error=error) for item in items]
-        return [
+        rows = [
             row_for(item, labels=labels, scores=scores, version=prediction.model_version)
             for item, labels, scores in zip(items, prediction.labels, prediction.scores)
         ]
+        return self.shadow.attach(rows, images, self._stop) if self.shadow else rows
 
     def _check_contract(self, prediction) -> None:
         """Each response names the preprocessing contract its pixels went through: one other than
@@ -278,6 +281,8 @@ class Scorer:
 
     def close(self) -> None:
         self.transport.close()
+        if self.shadow:
+            self.shadow.close()
 
 
 def score(
@@ -365,5 +370,6 @@ def run(config: ScoreConfig) -> Summary:
         summary.retries = scorer.retries
         summary.latency_ms = scorer.latency.percentiles_ms()
         summary.model_versions = dict(versions)
+        summary.shadow = scorer.shadow.as_dict() if scorer.shadow else None
     log.info("summary: %s", summary.as_dict())
     return summary

@@ -52,6 +52,7 @@ class Summary:
     images_per_s: float = 0.0
     latency_ms: dict = field(default_factory=dict)
     model_versions: dict = field(default_factory=dict)  # version (str) -> rows
+    shadow: dict | None = None  # client.shadow.Shadow.as_dict(), with --shadow-version(-label)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,4 +66,14 @@ class Summary:
             f"{self.images_per_s:.1f} images/s over {self.elapsed_s:.1f}s, {self.requests} requests"
             f" ({self.retries} retries); latency p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms,"
             f" p99 {lat.get('p99')} ms\nmodel versions: {versions}"
+            + (self._shadow_line() if self.shadow else "")
+        )
+
+    def _shadow_line(self) -> str:
+        s = self.shadow or {}
+        agreement = "n/a" if s.get("agreement") is None else f"{s['agreement']:.4f}"
+        versions = ", ".join(f"{v}: {n}" for v, n in sorted(s["model_versions"].items())) or "-"
+        return (
+            f"\nshadow: versions {versions}; top-1 agreement {agreement} over {s['compared']} "
+            f"rows, {s['errors']} shadow errors"
         )

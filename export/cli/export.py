@@ -1,7 +1,8 @@
 """`xfer-export`: images -> trained head -> gated SavedModel published as <base>/<N>/.
 
 Flags: TrainConfig's (as xfer-train) and the publishing ones. The published version is
-summarised as one JSON object on stdout.
+summarised as one JSON object on stdout. A candidate worse than the version published now (the
+champion, on the same test images) is refused unless --force.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 EXIT_CODES = {
     EXIT_OK: "published; a JSON summary is printed on stdout",
     EXIT_REFUSED: "nothing published: the gate refused the model (test accuracy below "
-    "--min-accuracy included)",
+    "--min-accuracy, or worse than the published champion beyond --max-regression or "
+    "--max-class-regression, included; --force overrides the champion comparison)",
     EXIT_USAGE: "usage or configuration error (bad flags, dataset, backbone; --version exists)",
 }
 log = logging.getLogger("xfer-export")
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "parity_max_abs_diff": result.gate.max_abs_diff,
         "run_dir": str(result.train.run_dir),
         "accuracy": {s: m["accuracy"] for s, m in result.train.metrics["splits"].items()},
+        "champion": result.champion,
     }
     print(json.dumps(summary, indent=2))
     return EXIT_OK

@@ -181,6 +181,24 @@ def _fine_tune_html(m: dict) -> str:
     )
 
 
+def _champion_html(c: dict) -> str:
+    """xfer-export's comparison with the version published before (metrics.json `champion`)."""
+    head = f"<h3>Against the champion (xfer-export): {_e(c.get('outcome'))}</h3>"
+    if c.get("version") is None or "accuracy" not in c:
+        return head + f'<p class="note">{_e(c.get("error") or "nothing to compare with")}</p>'
+    rows = [["accuracy", *(_fmt(c["accuracy"][k]) for k in ("candidate", "champion"))]]
+    rows[0].append(_fmt(c["accuracy"]["change_points"], 2))
+    for name, r in c["class_recall"].items():
+        rows.append([f"recall {name}", _fmt(r["candidate"]), _fmt(r["champion"])])
+        rows[-1].append(_fmt(r["change_points"], 2))
+    note = f"version {c['version']} on {c['images']} {c['split']} images; top-1 agreement "
+    reasons = "".join(f'<p class="error">{_e(r)}</p>' for r in c.get("regressions", []))
+    return "\n".join(
+        [head, f'<p class="note">{_e(note + _fmt(c["agreement"]))}</p>', reasons]
+        + [_table(["", "candidate", "champion", "change (points)"], rows)]
+    )
+
+
 def _kept(kept: dict | None) -> str | None:
     """metrics.json's kept_epoch as one line: which epoch the model ends with, and why."""
     if not kept:
@@ -212,6 +230,8 @@ def _metrics_section(inputs: ReportInputs) -> str:
     out.append(_table(None, [[k, v] for k, v in facts if v is not None], numeric_from=99))
     if "fine_tune" in m:
         out.append(_fine_tune_html(m))
+    if m.get("champion"):
+        out.append(_champion_html(m["champion"]))
     return "\n".join(out)
 
 

@@ -21,6 +21,15 @@ class ExportConfig(TrainConfig):
     warmup_images: int = opt(5, "validation images replayed as TF Serving warmup requests")
     gate_images: int = opt(32, "validation images the gate queries the loaded model with")
     parity_tolerance: float = opt(1e-5, "max |scores(SavedModel) - scores(Keras)| to publish")
+    max_regression: float = opt(
+        0.5, "refuse a candidate whose accuracy is this many points below the champion's"
+    )
+    max_class_regression: float = opt(
+        5.0, "refuse a candidate whose recall of any class is this many points below the champion's"
+    )
+    force: bool = opt(
+        False, "publish even when the champion comparison refuses (recorded in the model card)"
+    )
     imagenet_head: bool = opt(
         False,
         "publish the pretrained ImageNet classifier (efficientnet_lite0) untrained; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export import fsutil
 from export.contract import (
     CLASSIFICATION,
     EMBEDDING,
@@ -19,12 +21,21 @@ from export.contract import (
     SERVING_DEFAULT,
     SERVING_PIXELS,
 )
-from export.data.dataset import TRAIN, VALIDATION
-from export.experiments.report import train_and_report
+from export.data.dataset import TEST, TRAIN, VALIDATION
+from export.experiments.report import train_and_report, write_run_report
 from export.model.backbones import BackboneConfig, feature_dim
 from export.model.pixels import EagerPixels
 from export.model.preprocessing import EagerPreprocessor, Preprocessor
 from export.publishing import savedmodel
+from export.publishing.champion import (
+    REFUSED,
+    ChampionError,
+    Thresholds,
+    find_champion,
+    judge,
+    precheck,
+    summary,
+)
 from export.publishing.config import ExportConfig
 from export.publishing.gate import GateError, GateReport, run_gate
 from export.publishing.imagenet_head import imagenet_result
@@ -44,6 +55,7 @@ class ExportResult:
     path: Path
     gate: GateReport
     train: TrainResult
+    champion: dict | None = None  # the model card's `champion` section
 
 
 def _check_images(result: TrainResult, count: int) -> list[bytes]:
@@ -57,6 +69,46 @@ def _check_images(result: TrainResult, count: int) -> list[bytes]:
         with tf.io.gfile.GFile(uri, "rb") as f:
             images.append(f.read())
     return images
+
+
+def _comparison_images(result: TrainResult) -> tuple[str, list[str], list[bytes]]:
+    """The split candidate and champion are judged on (test, or validation when there is no test
+    split): its images' class names and bytes, every image of it."""
+    import tensorflow as tf
+
+    labelled = getattr(result.source, "labelled_uris", None)
+    pairs: list[tuple[str, int]] = []
+    split = TEST
+    for split in (TEST, VALIDATION) if labelled else ():
+        pairs = labelled(split)
+        if pairs:
+            break
+    images = []
+    for uri, _ in pairs:
+        try:
+            with tf.io.gfile.GFile(uri, "rb") as f:
+                images.append(f.read())
+        except (OSError, tf.errors.OpError) as exc:
+            message = f"{uri}: cannot read this {split} image to compare with the champion: {exc}"
+            raise ChampionError(message) from None
+    return split, [result.labels[label_id] for _, label_id in pairs], images
+
+
+def _refusal(section: dict) -> str:
+    figures = f" ({summary(section)})" if "accuracy" in section else ""
+    return (
+        f"the champion, version {section['version']}, stays{figures}: "
+        + "; ".join(section["regressions"])
+        + " (--force publishes the candidate anyway)"
+    )
+
+
+def _record_in_run(result: TrainResult, section: dict) -> None:
+    """The comparison in the run's metrics.json (`champion`), where the run report reads it."""
+    result.metrics["champion"] = section
+    path = Path(result.run_dir) / "metrics.json"
+    if path.exists():
+        fsutil.atomic_write_json(path, {**json.loads(path.read_text()), "champion": section})
 
 
 def _fine_tune_card(fine_tune: dict | None) -> dict | None:
@@ -134,16 +186,33 @@ def model_card(config: ExportConfig, result: TrainResult) -> dict:
 
 def export_model(config: ExportConfig, result: TrainResult | None = None) -> ExportResult:
     """Train (unless `result` is given), then publish the next version; raises on a failed gate."""
+    report_after = False
     if result is None and config.imagenet_head:
         result = imagenet_result(config)
     if result is None:
         run_dir = config.run_dir or str(
             Path("runs") / config.model_name / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         )
-        result = train_and_report(dataclasses.replace(config, run_dir=run_dir, min_accuracy=None))
+        # The report is written after the gate, with the champion comparison in it.
+        report_after = config.report
+        result = train_and_report(
+            dataclasses.replace(config, run_dir=run_dir, min_accuracy=None, report=False)
+        )
     # Trained from bottlenecks, the backbone is the one the Beam job used: take it from the run.
     config = dataclasses.replace(
         config, **{name: getattr(result.config, name) for name in MODEL_FIELDS}
+    )
+    # The champion: what refuses the candidate before it is built, then the images to compare on.
+    champion = find_champion(config.base_path)
+    thresholds = Thresholds(config.max_regression, config.max_class_regression)
+    early = precheck(champion, result.labels, thresholds, config.force)
+    if early:
+        _record_in_run(result, early)
+        if report_after:
+            write_run_report(result)
+        raise GateError(_refusal(early))
+    compare_split, truth, compare_images = (
+        _comparison_images(result) if champion and not champion.error else (TEST, [], [])
     )
     images = _check_images(result, max(config.gate_images, config.warmup_images))
     preprocessor = Preprocessor.of(config)
@@ -189,7 +258,17 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
             expected_features,
             top_k=config.top_k,
             tolerance=config.parity_tolerance,
+            eval_images=compare_images,
+            champion=champion.path if champion and compare_images else None,
         )
+        section = judge(
+            champion, compare_split, truth, report, result.labels, thresholds, config.force
+        )
+        card["champion"] = section
+        _record_in_run(result, section)
+        log.info("champion: %s; %s", section["outcome"], summary(section))
+        if section["outcome"] == REFUSED:
+            raise GateError(_refusal(section))
         card["gate"] = report.to_dict()
         split, accuracy = quality_accuracy(result.metrics)
         card["gate"]["quality"] = {
@@ -200,5 +279,9 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
         savedmodel.write_model_card(directory, card)
         return report
 
-    version, path, report = publish(config.base_path, write, gate, config.version)
-    return ExportResult(version, path, report, result)
+    try:
+        version, path, report = publish(config.base_path, write, gate, config.version)
+    finally:
+        if report_after:
+            write_run_report(result)
+    return ExportResult(version, path, report, result, card.get("champion"))

@@ -6,7 +6,8 @@ in a new interpreter (no Keras objects, no TF2 caches from the exporter), loads 
 SignatureDef tensor names (serving_pixels on the images' pixels, made by the contract's pixel
 step as a client makes them), replays the warmup file, checks the contract (docs/architecture.md,
 "Exported model") and writes every output for the parent to compare with the in-memory model
-(`run_gate`).
+(`run_gate`). Given the images of a split and a champion (the version published now), it also
+runs `serving_default` of both on those images, for champion.py to compare.
 
 The child dies with the exporter that started it (Linux: `PR_SET_PDEATHSIG`; elsewhere it polls
 its parent pid), and the scratch directory `<tmp>/xfer-gate-<pid>-…` a killed exporter leaves is
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from export.contract import (
     PIXELS_INPUT_KEY,
     PREPROCESSING_OUTPUT,
     SERVE_TAG,
+    SERVING_DEFAULT,
     SERVING_PIXELS,
     WARMUP_FILE,
 )
@@ -59,6 +61,9 @@ class GateReport:
     signatures: list[str]
     warmup_records: int
     max_abs_diff: dict[str, float]
+    # serving_default scores on the comparison images: "candidate", and "champion" when it ran
+    eval_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    champion_error: str | None = None  # why the champion could not be loaded or run
 
     def to_dict(self) -> dict:
         return {
@@ -153,6 +158,23 @@ def _replay(sess, signatures: dict, log) -> None:
     sess.run({a: sig.outputs[a].name for a in aliases}, feed)
 
 
+def _scores(sess, signatures: dict, images: list[bytes], batch: int = 32) -> np.ndarray:
+    """serving_default's `scores` for `images`, in batches, as a Predict request runs it."""
+    sig = signatures[SERVING_DEFAULT]
+    feed, fetch = sig.inputs[INPUTS[SERVING_DEFAULT]].name, sig.outputs["scores"].name
+    parts = [sess.run(fetch, {feed: images[i : i + batch]}) for i in range(0, len(images), batch)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _champion_scores(champion: str, images: list[bytes]) -> np.ndarray:
+    """The published champion, loaded as TF Serving loads it, on the comparison images."""
+    import tensorflow as tf
+
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta_graph = tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], champion)
+        return _scores(sess, dict(meta_graph.signature_def), images)
+
+
 def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]]:
     import tensorflow as tf
 
@@ -204,7 +226,16 @@ def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]
                 warmup += 1
         else:
             problems.append(f"no assets.extra/{WARMUP_FILE}")
+        compare_images = [base64.b64decode(s) for s in request.get("eval_images", [])]
+        if compare_images and not problems:
+            arrays["eval/candidate"] = _scores(sess, signatures, compare_images)
     report = {"signatures": sorted(signatures), "warmup_records": warmup, "problems": problems}
+    if "eval/candidate" in arrays and request.get("champion"):
+        try:
+            arrays["eval/champion"] = _champion_scores(request["champion"], compare_images)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+            lines = str(exc).strip().splitlines() or [""]
+            report["champion_error"] = f"{type(exc).__name__}: {lines[-1]}"
     return report, arrays
 
 
@@ -263,8 +294,13 @@ def run_gate(
     top_k: int,
     tolerance: float = 1e-5,
     timeout: float = 600,
+    eval_images: list[bytes] = (),
+    champion: str | Path | None = None,
 ) -> GateReport:
-    """Raise GateError unless the candidate loads TF1-style and matches the in-memory model."""
+    """Raise GateError unless the candidate loads TF1-style and matches the in-memory model.
+
+    With `eval_images`, the report also holds the candidate's serving_default scores on them,
+    and with `champion` (a published version directory) the champion's, or why it failed."""
     if not images:
         raise GateError("no images to check the model with")
     num_classes = int(expected_scores.shape[1])
@@ -273,6 +309,8 @@ def run_gate(
         "num_classes": num_classes,
         "top_k": min(top_k, num_classes),
         "feature_dim": int(expected_features.shape[1]),
+        "eval_images": [base64.b64encode(i).decode("ascii") for i in eval_images],
+        "champion": str(champion) if champion is not None else None,
     }
     # Scratch directories of exporters killed during their gate (kill -9 runs no clean-up).
     fsutil.remove_dead_temporaries(tempfile.gettempdir(), TMP_PREFIX, only_mine=True)
@@ -329,7 +367,14 @@ def run_gate(
     top1 = arrays["serving_default/classes"][:, 0]
     if not np.array_equal(top1, np.argmax(arrays["serving_default/scores"], axis=1)):
         raise GateError("serving_default: classes[:, 0] is not the argmax of scores")
-    return GateReport(report["signatures"], report["warmup_records"], diffs)
+    scores = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("eval/")}
+    return GateReport(
+        report["signatures"],
+        report["warmup_records"],
+        diffs,
+        scores,
+        report.get("champion_error"),
+    )
 
 
 if __name__ == "__main__":
