@@ -76,6 +76,7 @@ setup(
             "xfer-score=client.cli:main",
             "xfer-evaluate=client.evaluate:main",
             "xfer-compare-versions=client.compare_versions:main",
+            "xfer-drift=client.drift:main",
             "xfer-bottlenecks=beam_jobs.cli:bottlenecks",
             "xfer-beam-predict=beam_jobs.cli:predict",
             "xfer-beam-score=beam_jobs.cli:score",
