@@ -24,7 +24,14 @@ from dataclasses import asdict, dataclass, field
 import tyro
 
 from client.cliargs import parse
-from client.drift_stats import Thresholds, Window, priors_of, summarise, windows_by_rows
+from client.drift_stats import (
+    Thresholds,
+    Window,
+    add_row,
+    priors_of,
+    summarise,
+    windows_by_rows,
+)
 from client.figures import atomic_write, pyplot, save_figure
 from client.output import read_rows
 
@@ -122,8 +129,8 @@ def priors_from_bottlenecks(directory: str, split: str) -> tuple[dict[str, float
 def priors_from_rows(path: str) -> tuple[dict[str, float], dict]:
     """The top-1 distribution of a reference scored file (e.g. the test split, scored)."""
     window = Window(0)
-    for window in windows_by_rows(numbered_rows(path), sys.maxsize):
-        pass
+    for row in numbered_rows(path):
+        add_row(window, *row)
     if not window.scored:
         raise InputError(f"{path}: no scored rows to take the priors from")
     return priors_of(window.predicted), {"kind": "rows", "source": path, "rows": window.scored}
@@ -194,7 +201,7 @@ def plot(report: dict, path: str) -> None:
 EXIT_CODES = {
     0: "no window crossed a threshold; the JSON is printed on stdout",
     1: "the scored file holds no rows",
-    2: "usage or input error (bad flags, no such file, a line that is not JSON: file and line named)",
+    2: "usage or input error (bad flags, no such file, a line that is not JSON: named)",
     4: "a window crossed a threshold (--max-ood-rate, --max-tv, --min-p-value)",
 }
 
