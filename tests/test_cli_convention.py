@@ -143,7 +143,7 @@ def probe(name: str) -> dict:
 
 
 def test_setup_py_lists_the_console_scripts():
-    assert len(SCRIPTS) == 19 and all(":" in target for target in SCRIPTS.values())
+    assert len(SCRIPTS) == 20 and all(":" in target for target in SCRIPTS.values())
 
 
 def option_rows(help_text: str) -> list[str]:
