@@ -133,7 +133,7 @@ def test_status_grpc(model_stub):
         (
             lambda r: r.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([[b"a"], [b"b"]])),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "decode_images",
+            "Incompatible shapes",
         ),
         (
             lambda r: setattr(r.model_spec, "signature_name", "nope"),
