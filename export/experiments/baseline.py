@@ -9,10 +9,7 @@ accuracy and honours `--stop-at-accuracy`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,13 +24,7 @@ from export.model.preprocessing import Preprocessor
 from export.plots import plot_curves
 from export.training.evaluation import evaluate_splits
 from export.training.runs import history_csv, library_versions
-from export.training.stopping import (
-    check_target,
-    kept_epoch,
-    log_kept,
-    stop_record,
-    training_callbacks,
-)
+from export.training.stopping import check_target, fit_with_stops, kept_epoch, log_kept, stop_record
 
 log = logging.getLogger(__name__)
 CACHE_BYTES = 1 << 30  # decoded splits up to this size stay in memory; beyond, decode each epoch
@@ -190,18 +181,10 @@ def train_baseline(
         .batch(config.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # Keras prints its epoch lines on stdout
-        history = model.fit(
-            train_ds,
-            validation_data=validation if has_validation else None,
-            epochs=config.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # train_ds is shuffled above, with the seed
-            verbose=2 if config.progress else 0,
-        ).history
-    seconds = time.perf_counter() - started
+    fit = fit_with_stops(
+        model, train_ds, validation if has_validation else None, config.epochs, config
+    )
+    history = fit.history
     splits = evaluate_splits(model, source, batch_size=config.batch_size)
     metrics = {
         "splits": splits,
@@ -212,9 +195,9 @@ def train_baseline(
         "preprocessing": preprocessor.describe(),
         "param_count": int(model.count_params()),
         "feature_dim": int(config.filters[-1]),  # width of the layer before the softmax
-        "epochs_run": len(next(iter(history.values()), [])),
+        "epochs_run": fit.epochs_run,
         "kept_epoch": kept_epoch(history, config.patience),
-        "train_seconds": seconds,
+        "train_seconds": fit.seconds,
         "stopped_at_accuracy": stop_record(history, config.stop_at_accuracy),
         "versions": library_versions(),
     }

@@ -21,11 +21,8 @@ Batch normalisation stays in inference mode in two ways, on purpose:
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
-import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +40,7 @@ from export.training.augment import AugmentConfig, build_augmentation
 from export.training.config import TrainConfig
 from export.training.evaluation import evaluate_splits
 from export.training.runs import BACKBONE_WEIGHTS_FILE, HEAD_ONLY_FILE, history_csv
-from export.training.stopping import kept_epoch, log_kept, training_callbacks
+from export.training.stopping import fit_with_stops, kept_epoch, log_kept
 
 log = logging.getLogger(__name__)
 HISTORY_FILE = "fine_tune_history.csv"
@@ -220,8 +217,6 @@ class FineTuner:
         )
         validation = images.batches(VALIDATION, config.batch_size)
         has_validation = bool(images.examples[VALIDATION])
-        # The same stops as the head: --patience and --stop-at-accuracy.
-        callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
         log.info(
             "fine-tuning from %s: %d layers with weights train, %d epochs at lr %g",
             self.layer,
@@ -229,22 +224,19 @@ class FineTuner:
             config.fine_tune_epochs,
             config.fine_tune_learning_rate,
         )
-        started = time.perf_counter()
-        # Keras prints its epoch lines on stdout, which is for results.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        with warnings.catch_warnings():
             # Skipping undecodable files leaves the epoch length unknown until the first epoch
             # ends; Keras then warns that the input "ran out of data", which is expected here.
             warnings.filterwarnings("ignore", "Your input ran out of data", UserWarning)
-            history = model.fit(
+            # The same stops as the head: --patience and --stop-at-accuracy.
+            fit = fit_with_stops(
+                model,
                 images.training_batches(config.batch_size, self.augment, config.seed),
-                validation_data=validation if has_validation else None,
-                epochs=config.fine_tune_epochs,
-                callbacks=callbacks,
-                shuffle=False,  # the URI list is shuffled above, with the seed
-                verbose=2 if config.progress else 0,
-            ).history
-        seconds = time.perf_counter() - started
-        history = {k: [float(v) for v in values] for k, values in history.items()}
+                validation if has_validation else None,
+                config.fine_tune_epochs,
+                config,
+            )
+        history = fit.history
         splits = evaluate_splits(
             _graph(build_classifier(self.extractor, head)), images, batch_size=config.batch_size
         )
@@ -260,9 +252,9 @@ class FineTuner:
             "learning_rate": config.fine_tune_learning_rate,
             "momentum": config.fine_tune_momentum,
             "augmentation": self.augment.to_dict(),
-            "epochs_run": len(next(iter(history.values()), [])),
+            "epochs_run": fit.epochs_run,
             "kept_epoch": kept_epoch(history, config.patience),
-            "train_seconds": seconds,
+            "train_seconds": fit.seconds,
             "head_only_splits": head_splits,
             "history": history,
         }

@@ -1,15 +1,21 @@
-"""`--stop-at-accuracy`: stop training once a target accuracy is reached (the tutorials' 99%
-callback), for the head trainer and the from-scratch baseline alike.
+"""The one fit loop of the head, the fine-tuning stage and the from-scratch baseline, with their
+stops: early stopping on validation accuracy (and which epoch's weights that keeps), and
+`--stop-at-accuracy`, the tutorials' 99% callback.
 
-With validation data the callback watches `val_accuracy`: stopping when the *training* accuracy
-hits a target rewards memorising the training set, and a head on frozen features reaches 100%
-training accuracy long before it generalises. Without validation data it falls back to the
-training `accuracy` (logged), since that is the only signal there is.
+With validation data the target-accuracy callback watches `val_accuracy`: stopping when the
+*training* accuracy hits a target rewards memorising the training set, and a head on frozen
+features reaches 100% training accuracy long before it generalises. Without validation data it
+falls back to the training `accuracy` (logged), since that is the only signal there is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Protocol
 
 import keras
 
@@ -31,6 +37,45 @@ def training_callbacks(
     if stop_at_accuracy is not None:
         callbacks.append(StopAtAccuracy(stop_at_accuracy, has_validation))
     return callbacks
+
+
+@dataclass(frozen=True)
+class Fit:
+    history: dict[str, list[float]]  # Keras' history: one value per epoch run, per metric
+    seconds: float
+
+    @property
+    def epochs_run(self) -> int:
+        return len(next(iter(self.history.values()), []))
+
+
+class FitOptions(Protocol):
+    """The fields of TrainConfig and BaselineConfig that a fit reads."""
+
+    patience: int
+    stop_at_accuracy: float | None
+    progress: bool
+
+
+def fit_with_stops(model: keras.Model, train, validation, epochs: int, options: FitOptions) -> Fit:
+    """`model.fit` with `training_callbacks`' stops, timed: the one fit loop of the head, the
+    fine-tuning stage and the baseline. `validation` is None when there is no validation data.
+    `train` comes shuffled with the run's seed, so fit does not shuffle again; Keras' epoch
+    lines go to stderr, since stdout is for results."""
+    has_validation = validation is not None
+    callbacks = training_callbacks(options.patience, options.stop_at_accuracy, has_validation)
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        history = model.fit(
+            train,
+            validation_data=validation,
+            epochs=epochs,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=2 if options.progress else 0,
+        ).history
+    seconds = time.perf_counter() - started
+    return Fit({k: [float(v) for v in values] for k, values in history.items()}, seconds)
 
 
 def monitored_metric(has_validation: bool) -> str:

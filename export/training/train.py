@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,10 +30,10 @@ from export.training.finetune import FineTuner
 from export.training.runs import default_run_dir, history_csv, library_versions
 from export.training.stopping import (
     check_target,
+    fit_with_stops,
     kept_epoch,
     log_kept,
     stop_record,
-    training_callbacks,
     warn_small_validation,
 )
 
@@ -125,18 +122,10 @@ def fit_head(config: TrainConfig, source, mean, variance):
         log.warning(
             "no validation images: training %d epochs without early stopping", config.epochs
         )
-    callbacks = training_callbacks(config.patience, config.stop_at_accuracy, has_validation)
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # Keras prints its epoch lines on stdout
-        history = head.fit(
-            train_ds,
-            validation_data=validation if has_validation else None,
-            epochs=config.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # train_ds is shuffled above, with the seed
-            verbose=2 if config.progress else 0,
-        )
-    return head, history.history, time.perf_counter() - started
+    fit = fit_with_stops(
+        head, train_ds, validation if has_validation else None, config.epochs, config
+    )
+    return head, fit.history, fit.seconds
 
 
 def extract_features(config: TrainConfig, examples) -> tuple[FeatureTable, keras.Model]:

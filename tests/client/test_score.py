@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from imagegen import encode
@@ -129,19 +133,54 @@ def test_requests_split_by_bytes_and_oversized_file_is_an_error_row(target, tmp_
     assert summary.retries == 0
 
 
+class LateFrontDoor(grpc.GenericRpcHandler):
+    """A front door (like an ingress) too slow for any deadline: it forwards a request to the
+    server only once the caller has given up on it, so the server's answer always comes late."""
+
+    def __init__(self, upstream: grpc.Channel):
+        self.upstream = upstream
+
+    def service(self, details):
+        method = details.method
+
+        def forward_late(request: bytes, context):
+            ended = threading.Event()
+            context.add_callback(ended.set)  # the call ended: deadline passed or cancelled
+            ended.wait(60)
+            with contextlib.suppress(grpc.RpcError):  # nobody is waiting for the answer
+                return self.upstream.unary_unary(method)(request, timeout=30)
+
+        return grpc.unary_unary_rpc_method_handler(forward_late)
+
+
 def test_deadline_exceeded_after_retries_stops_the_run_without_rows(target, good_images, tmp_path):
     """DEADLINE_EXCEEDED is the server's state, not the images': retried (here capped by
-    --max-retries, which still works beside the time budget), then the run stops, no rows."""
+    --max-retries, which still works beside the time budget), then the run stops, no rows.
+
+    The server answers each request only after its deadline. A short deadline straight to the
+    server is no such bound: gRPC ends a call at its deadline by a timer, and on a loaded
+    machine the model's answer came first in 10 runs of 400 (1 ms deadline, rows written)."""
     from client.scorer import Unreachable
 
-    out = tmp_path / "slow.jsonl"
-    inputs = [str(p) for p in good_images[:32]]
-    config = ScoreConfig(inputs=inputs, target=[target], model_name=MODEL, output=str(out),
-                         batch_size=32, timeout=0.001, max_retries=2, initial_backoff=0.01,
-                         quiet=True)  # fmt: skip
-    with pytest.raises(Unreachable, match="3 attempts; --retry-budget-s 60, --max-retries 2"):
-        run(config)
-    assert rows_of(out) == []
+    upstream = grpc.insecure_channel(target)
+    front = grpc.server(futures.ThreadPoolExecutor(4), handlers=[LateFrontDoor(upstream)])
+    port = front.add_insecure_port("127.0.0.1:0")
+    front.start()
+    try:
+        out = tmp_path / "slow.jsonl"
+        inputs = [str(p) for p in good_images[:32]]
+        config = ScoreConfig(inputs=inputs, target=[f"127.0.0.1:{port}"], model_name=MODEL,
+                             output=str(out), batch_size=32, timeout=0.05, max_retries=2,
+                             initial_backoff=0.01, quiet=True)  # fmt: skip
+        with pytest.raises(
+            Unreachable, match="3 attempts; --retry-budget-s 60, --max-retries 2"
+        ) as stopped:
+            run(config)
+        assert "last error DEADLINE_EXCEEDED" in str(stopped.value)
+        assert rows_of(out) == []
+    finally:
+        front.stop(0)
+        upstream.close()
 
 
 def test_unknown_model_stops_the_run(target, good_images, tmp_path, capsys):
