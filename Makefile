@@ -158,3 +158,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/client_bench.py
 	$(BIN)/python bench/memory_bench.py
 	$(BIN)/python bench/training_bench.py
+	$(BIN)/python bench/preprocess_split_bench.py

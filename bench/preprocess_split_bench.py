@@ -104,7 +104,7 @@ def score(files: list[Path], port: int, out: Path, mode: str) -> dict:
     return {"seconds": seconds, "client_cpu": cpu, "rows": len(rows)}
 
 
-def measure(server, port: int, files: list[Path], tmp: Path, mode: str, n: int) -> dict:
+def measure(server, port: int, files: list[Path], run_dir: Path, mode: str, n: int) -> dict:
     """Marginal per-image costs from runs over n and 3n images."""
     runs = {}
     for count in (n, 3 * n):
@@ -112,12 +112,12 @@ def measure(server, port: int, files: list[Path], tmp: Path, mode: str, n: int) 
         # A folder of its own per run, the same bytes under distinct names (hard links).
         links = []
         for i, path in enumerate(chosen):
-            link = tmp / f"{mode}-{count}" / f"{i:05d}.jpg"
+            link = run_dir / f"{mode}-{count}" / f"{i:05d}.jpg"
             link.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, link)
             links.append(link)
         cpu_before = server_cpu_seconds(server.pid)
-        run = score(links, port, tmp / f"{mode}-{count}.jsonl", mode)
+        run = score(links, port, run_dir / f"{mode}-{count}.jsonl", mode)
         run["server_cpu"] = server_cpu_seconds(server.pid) - cpu_before
         runs[count] = run
     small, large = runs[n], runs[3 * n]
@@ -184,7 +184,10 @@ def main() -> None:
             results = {}
             for key, files in photos.items():
                 for mode in ("server", "client"):
-                    results[key, mode] = measure(server, port, files, tmp, mode, args.images)
+                    results[key, mode] = measure(
+                        server, port, files, tmp / f"runs-{key}", mode, args.images
+                    )
+                    print(key, mode, results[key, mode], flush=True)
                 results[key, "file_bytes"] = float(np.mean([p.stat().st_size for p in files]))
         finally:
             server.terminate()
