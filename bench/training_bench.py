@@ -61,23 +61,18 @@ def fit(model, dataset, epochs: int) -> list[float]:
 
 
 def cached_epochs(bottlenecks: Path, epochs: int) -> tuple[list[float], int]:
-    import tensorflow as tf
-
+    """xfer-train's own datasets (epoch_datasets) over the Beam job's TFRecords."""
     from export.data.dataset import TRAIN
     from export.features.sources import TFRecordFeatures
     from export.model.heads import build_head
     from export.training.evaluation import split_dataset
+    from export.training.train import epoch_datasets
 
     source = TFRecordFeatures(str(bottlenecks))
     rows = sum(1 for _ in split_dataset(source, TRAIN))
-    dataset = (
-        split_dataset(source, TRAIN)
-        .shuffle(4096, seed=0, reshuffle_each_iteration=True)
-        .batch(BATCH)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    train, _ = epoch_datasets(source, BATCH, seed=0)
     head = build_head(source.feature_dim, len(source.labels), "softmax")
-    return fit(head, dataset, epochs), rows
+    return fit(head, train, epochs), rows
 
 
 def end_to_end_epochs(images: Path, epochs: int) -> tuple[list[float], int]:

@@ -39,6 +39,7 @@ from export.training.stopping import (
 
 log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 50_000  # a full shuffle for datasets up to this size, a window beyond
+CACHE_BYTES = 2 << 30  # feature rows up to this size are held in memory after the first epoch
 
 
 @dataclasses.dataclass
@@ -92,6 +93,34 @@ def _check_classes(labels: list[str], per_class: dict[int, int], where: str) -> 
             )
 
 
+def feature_bytes(source) -> int:
+    """Bytes of every feature row of a source (augmented copies included)."""
+    metadata = getattr(source, "metadata", None)
+    if metadata is None:
+        table = getattr(source, "table", None)
+        return int(table.features.nbytes) if table is not None else CACHE_BYTES + 1
+    rows = int(metadata.get("total", 0)) + int(metadata.get("augmented_copies") or 0)
+    return rows * source.feature_dim * 4
+
+
+def epoch_datasets(source, batch_size: int, seed: int):
+    """(training batches, validation batches) for the head's epochs. Features that fit in
+    CACHE_BYTES are kept in memory after the first epoch: every later epoch would otherwise read
+    and un-gzip every shard again, twice (a split is a filter over all of them), which is most of
+    an epoch's time on cached bottlenecks (docs/benchmarks.md, cached_head_epoch_vs_e2e)."""
+    cache = feature_bytes(source) <= CACHE_BYTES
+    train = split_dataset(source, TRAIN, copies=True)  # with the Beam job's augmented copies
+    validation = split_dataset(source, VALIDATION)
+    if cache:
+        train, validation = train.cache(), validation.cache()
+    train = (
+        train.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return train, validation.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def fit_head(config: TrainConfig, source, mean, variance):
     """Train a fresh head on features; returns (head, history dict, seconds)."""
     keras.utils.set_random_seed(config.seed)
@@ -110,13 +139,7 @@ def fit_head(config: TrainConfig, source, mean, variance):
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    train_ds = (
-        split_dataset(source, TRAIN, copies=True)  # with the Beam job's augmented copies, if any
-        .shuffle(SHUFFLE_BUFFER, seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    validation = batches(source, VALIDATION, config.batch_size)
+    train_ds, validation = epoch_datasets(source, config.batch_size, config.seed)
     has_validation = any(True for _ in validation.take(1))
     if not has_validation:
         log.warning(

@@ -390,3 +390,27 @@ def test_the_flags_build_the_configs_with_their_own_defaults():
     assert bottlenecks.BottleneckConfig(**flags) == bottlenecks.BottleneckConfig("i", "o")
     flags = dataclasses.asdict(PredictFlags(input="i", model_dir="m", output="o"))
     assert predict.PredictConfig(**flags) == predict.PredictConfig("i", "m", "o")
+
+
+def test_cached_epochs_train_the_head_as_streamed_ones(bottlenecks_dir, monkeypatch):
+    """Holding the features in memory after the first epoch changes nothing but the time: the
+    same rows in the same shuffled order, so the same head, whether cached or streamed."""
+    import numpy as np
+
+    from export.features.sources import TFRecordFeatures
+    from export.training import train as training
+    from export.training.config import TrainConfig
+
+    source = TFRecordFeatures(str(bottlenecks_dir))
+    assert 0 < training.feature_bytes(source) <= training.CACHE_BYTES
+    config = TrainConfig(bottlenecks=str(bottlenecks_dir), epochs=3, patience=10, progress=False)
+    mean, variance, _ = training.train_moments(source, 64)
+    runs = {}
+    for budget in (training.CACHE_BYTES, 0):  # cached, then streamed every epoch
+        monkeypatch.setattr(training, "CACHE_BYTES", budget)
+        head, history, _ = training.fit_head(config, source, mean, variance)
+        runs[budget] = (history, [w.copy() for w in head.get_weights()])
+    (cached, cached_weights), (streamed, streamed_weights) = runs.values()
+    assert cached["loss"] == streamed["loss"] and len(cached["loss"]) == 3
+    for a, b in zip(cached_weights, streamed_weights):
+        np.testing.assert_array_equal(a, b)
