@@ -57,6 +57,7 @@ class ExportResult:
     gate: GateReport
     train: TrainResult
     champion: dict | None = None  # the model card's `champion` section
+    ood: dict | None = None  # the model card's `ood` section
 
 
 def _check_images(result: TrainResult, count: int) -> list[bytes]:
@@ -317,4 +318,4 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
     finally:
         if report_after:
             write_run_report(result)
-    return ExportResult(version, path, report, result, card.get("champion"))
+    return ExportResult(version, path, report, result, card.get("champion"), card["ood"])

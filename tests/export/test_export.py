@@ -54,6 +54,7 @@ def test_model_card_fields(exported):
     assert card["ood"]["fpr"] == 0.01 and card["ood"]["feature_dim"] == 32
     assert card["ood"]["calibrated_on"] == "validation" and card["ood"]["threshold"] > 0
     assert "ood_score" in card["signatures"]["serving_default"]["outputs"]
+    assert exported.ood == card["ood"]  # also in xfer-export's JSON
     assert set(card["signatures"]) == {
         "serving_default",
         "serving_pixels",
