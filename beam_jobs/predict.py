@@ -4,7 +4,8 @@
 
 The offline alternative to calling a server: the same SavedModel, raw bytes in, the scored-output
 schema of docs/architecture.md out:
-  OUT/predictions-SSSSS-of-NNNNN.jsonl   {"uri", "labels", "scores", "model_version"}
+  OUT/predictions-SSSSS-of-NNNNN.jsonl   {"uri", "labels", "scores", "model_version"}, and
+                                         "ood_score", "is_ood" for a model that has them
                                          (top-k labels, best first, and their scores)
   OUT/errors-SSSSS-of-NNNNN.jsonl        {"uri", "error"}
 """
@@ -39,7 +40,14 @@ from beam_jobs.common import (
 )
 from beam_jobs.flags import parse_predict_flags
 from beam_jobs.inputs import LIST_SUFFIXES, parse_list_line
-from export.contract import IMAGE_EXTENSIONS, INPUT_KEY, SERVING_DEFAULT
+from export.contract import (
+    IMAGE_EXTENSIONS,
+    INPUT_KEY,
+    IS_OOD,
+    OOD_OUTPUTS,
+    OOD_SCORE,
+    SERVING_DEFAULT,
+)
 from export.publishing.versions import resolve_version
 
 log = logging.getLogger(__name__)
@@ -93,13 +101,17 @@ class SavedModelHandler(ModelHandler[bytes, dict, Any]):
         out = model(**{INPUT_KEY: tf.constant(list(images))})
         labels = out["labels"].numpy()[:, : self.top_k]
         scores = out["top_scores"].numpy()[:, : self.top_k]
-        return [
+        rows = [
             {
                 "labels": [s.decode() for s in row_labels],
                 "scores": [round(float(s), 6) for s in row_scores],
             }
             for row_labels, row_scores in zip(labels, scores)
         ]
+        if all(o in out for o in OOD_OUTPUTS):  # a model exported with an OOD detector
+            for row, score, flag in zip(rows, *(out[o].numpy() for o in OOD_OUTPUTS)):
+                row.update({OOD_SCORE: float(score), IS_OOD: bool(flag)})
+        return rows
 
     def run_inference(self, batch: Sequence[bytes], model, inference_args=None):
         import tensorflow as tf

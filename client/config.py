@@ -13,12 +13,13 @@ from typing import Literal
 import tyro
 
 # Same values as export/contract.py (INPUT_KEY, SERVING_DEFAULT, SERVING_PIXELS,
-# PIXELS_INPUT_KEY, PREPROCESSING_OUTPUT); a test keeps them equal.
+# PIXELS_INPUT_KEY, PREPROCESSING_OUTPUT, OOD_OUTPUTS); a test keeps them equal.
 INPUT_KEY = "image_bytes"
 SERVING_DEFAULT = "serving_default"
 SERVING_PIXELS = "serving_pixels"
 PIXELS_INPUT_KEY = "pixels"
 PREPROCESSING_OUTPUT = "preprocessing"
+OOD_OUTPUTS = ("ood_score", "is_ood")  # present when the model has an OOD detector
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 

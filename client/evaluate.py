@@ -51,6 +51,8 @@ class Report:
     per_class: dict = field(default_factory=dict)
     confusion_matrix: list[list[int]] = field(default_factory=list)
     files: dict = field(default_factory=dict)
+    ood_rows: int = 0  # scored rows with `is_ood` (a model with an OOD detector)
+    ood_rate: float | None = None  # the share of those flagged out of distribution
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +64,9 @@ class Report:
         return (
             f"evaluated {self.evaluated} of {self.rows} rows ({self.errors} errors, "
             f"{self.unlabelled} without label): accuracy {pct(self.accuracy)}, "
-            f"top-{self.top_k} {pct(self.top_k_accuracy)}; written to "
+            f"top-{self.top_k} {pct(self.top_k_accuracy)}"
+            + (f"; out of distribution {pct(self.ood_rate)}" if self.ood_rows else "")
+            + "; written to "
             + ", ".join(sorted(self.files.values()))
         )
 
@@ -147,11 +151,15 @@ def evaluate(config: EvaluateConfig) -> Report:
     predicted: list[str] = []
     top_hits = 0
     wrong: list[dict] = []
+    flagged = 0
     for row in read_rows(config.predictions):
         report.rows += 1
         if "error" in row:
             report.errors += 1
             continue
+        if "is_ood" in row:
+            report.ood_rows += 1
+            flagged += bool(row["is_ood"])
         if not row.get("label"):
             report.unlabelled += 1
             continue
@@ -162,6 +170,7 @@ def evaluate(config: EvaluateConfig) -> Report:
         if (not labels or labels[0] != row["label"]) and len(wrong) < config.max_misclassified:
             wrong.append(row)
     report.evaluated = len(truth)
+    report.ood_rate = flagged / report.ood_rows if report.ood_rows else None
     os.makedirs(config.out_dir, exist_ok=True)
     if truth:
         classes = sorted(set(truth) | set(predicted))

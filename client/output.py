@@ -25,7 +25,8 @@ from client.retry import RETRYABLE
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("uri", "label", "labels", "scores", "model_version", "error")
+# ood_score and is_ood: empty cells for a model without an OOD detector.
+FIELDS = ("uri", "label", "labels", "scores", "model_version", "error", "ood_score", "is_ood")
 LIST_SEPARATOR = "|"  # CSV cells holding the top-k labels and scores
 
 
@@ -82,6 +83,10 @@ def read_rows(path: str, fmt: str | None = None):
                     row["scores"] = [float(s) for s in row["scores"].split(LIST_SEPARATOR)]
                 if "model_version" in row:
                     row["model_version"] = int(row["model_version"])
+                if "ood_score" in row:
+                    row["ood_score"] = float(row["ood_score"])
+                if "is_ood" in row:
+                    row["is_ood"] = row["is_ood"] == "True"
                 yield row
             return
         for number, line in enumerate(f, 1):

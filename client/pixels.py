@@ -36,6 +36,7 @@ class ModelMetadata:
 
     version: int | None
     signatures: dict[str, dict[str, tuple[str, list[int]]]]
+    outputs: dict[str, list[str]] | None = None  # signature -> output aliases, when known
 
 
 def input_size(metadata: ModelMetadata, model: str) -> int:

@@ -74,8 +74,9 @@ class PixelsRefused(ScoringAborted):
     headline = "--preprocess client cannot score this model"
 
 
-def row_for(item: Item, *, labels=None, scores=None, version=None, error=None) -> dict:
-    """One output row in the scored-output schema (docs/architecture.md)."""
+def row_for(item: Item, *, labels=None, scores=None, version=None, error=None, ood=None) -> dict:
+    """One output row in the scored-output schema (docs/architecture.md); `ood`: the row's
+    `ood_score` and `is_ood` (client.ood.fields), for a model that has them."""
     row: dict = {"uri": item.uri}
     if item.label is not None:
         row["label"] = item.label
@@ -85,6 +86,7 @@ def row_for(item: Item, *, labels=None, scores=None, version=None, error=None) -
         row["labels"] = labels
         row["scores"] = scores
         row["model_version"] = version
+        row.update(ood or {})
     return row
 
 
@@ -206,9 +208,19 @@ class Scorer:
         if len(prediction.labels) != len(items) or len(prediction.scores) != len(items):
             error = f"server returned {len(prediction.labels)} rows for {len(items)} images"
             return [row_for(item, error=error) for item in items]
+        from client.ood import fields
+
         rows = [
-            row_for(item, labels=labels, scores=scores, version=prediction.model_version)
-            for item, labels, scores in zip(items, prediction.labels, prediction.scores)
+            row_for(
+                item,
+                labels=labels,
+                scores=scores,
+                version=prediction.model_version,
+                ood=fields(prediction.ood_score, prediction.is_ood, i),
+            )
+            for i, (item, labels, scores) in enumerate(
+                zip(items, prediction.labels, prediction.scores)
+            )
         ]
         return self.shadow.attach(rows, images, self._stop) if self.shadow else rows
 

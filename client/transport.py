@@ -21,11 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from client.config import (
+    OOD_OUTPUTS,
     PIXELS_INPUT_KEY,
     PREPROCESSING_OUTPUT,
     SERVING_PIXELS,
     ScoreConfig,
 )
+from client.ood import OodOutputs, from_columns
 from client.pixels import ModelMetadata
 from client.retry import RpcError
 
@@ -54,6 +56,8 @@ class Prediction:
     scores: list[list[float]]
     model_version: int | None
     preprocessing: list[str] | None = None  # serving_pixels' contract, per image
+    ood_score: list[float] | None = None  # per image, when the model has an OOD detector
+    is_ood: list[bool] | None = None
 
 
 def pixel_array(images: list[bytes], size: int) -> np.ndarray:
@@ -89,11 +93,11 @@ def _tensor_to_array(tensor) -> np.ndarray:
     if tensor.dtype == types_pb2.DT_STRING:
         values = [v.decode("utf-8", "replace") for v in tensor.string_val]
         return np.array(values, dtype=object).reshape(shape)
-    dtypes = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_INT32: np.int32}
+    dtypes = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_INT32: np.int32, types_pb2.DT_BOOL: bool}
     dtype = dtypes.get(tensor.dtype, np.float32)
     if tensor.tensor_content:
         return np.frombuffer(tensor.tensor_content, dtype=dtype).reshape(shape)
-    values = tensor.float_val if dtype is np.float32 else tensor.int_val
+    values = {np.float32: tensor.float_val, np.int32: tensor.int_val, bool: tensor.bool_val}[dtype]
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
@@ -111,6 +115,7 @@ class GrpcTransport:
         self.stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in self.channels]
         self._next = itertools.count()
         self._batch = threading.local()
+        self.ood = OodOutputs(self.metadata)
 
     def channel_options(self) -> list[tuple[str, object]]:
         config = self.config
@@ -155,8 +160,8 @@ class GrpcTransport:
         elif config.version_label:
             spec.version_label = config.version_label
 
-    def request(self, images: list[bytes], size: int | None = None):
-        """Encoded images to --signature; with `size`, pixel payloads to serving_pixels."""
+    def request(self, images: list[bytes], size: int | None = None, ood: tuple[str, ...] = ()):
+        """Encoded images to --signature, or pixel payloads to serving_pixels (`size`)."""
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
         from tensorflow_serving.apis import predict_pb2
 
@@ -175,6 +180,7 @@ class GrpcTransport:
             )
             request.inputs[config.input_key].CopyFrom(tensor)
             request.output_filter.extend(OUTPUTS)  # only what we write: small responses
+            request.output_filter.extend(ood)
             return request
         request.model_spec.signature_name = SERVING_PIXELS
         tensor = tensor_pb2.TensorProto(
@@ -184,6 +190,7 @@ class GrpcTransport:
         )
         request.inputs[PIXELS_INPUT_KEY].CopyFrom(tensor)
         request.output_filter.extend(PIXELS_OUTPUTS)
+        request.output_filter.extend(ood)
         return request
 
     def metadata(self, attempt: int = 0) -> ModelMetadata:
@@ -209,17 +216,19 @@ class GrpcTransport:
             }
             for name, signature in signature_map.signature_def.items()
         }
+        outputs = {n: list(s.outputs) for n, s in signature_map.signature_def.items()}
         version = (
             response.model_spec.version.value if response.model_spec.HasField("version") else None
         )
-        return ModelMetadata(version, signatures)
+        return ModelMetadata(version, signatures, outputs)
 
     def predict(self, images: list[bytes], attempt: int = 0, size: int | None = None):
         """A Prediction for encoded images, or with `size` for pixel payloads."""
+        ood = self.ood.wanted(SERVING_PIXELS if size else self.config.signature, attempt)
         stub = pick_target(self.stubs, attempt, self._next, self._batch)
         try:
             response = stub.Predict(
-                self.request(images, size),
+                self.request(images, size, ood),
                 timeout=self.config.timeout,
                 metadata=self.metadata_headers,
             )
@@ -233,12 +242,14 @@ class GrpcTransport:
         contract = None
         if PREPROCESSING_OUTPUT in response.outputs:
             contract = list(_tensor_to_array(response.outputs[PREPROCESSING_OUTPUT]))
-        return Prediction(
+        prediction = Prediction(
             [list(row) for row in labels],
             [[float(s) for s in row] for row in scores],
             version,
             contract,
         )
+        prediction.ood_score, prediction.is_ood = from_columns(response.outputs, _tensor_to_array)
+        return prediction
 
     def close(self) -> None:
         for channel in self.channels:
@@ -376,7 +387,10 @@ class RestTransport:
         labels = [list(r["labels"]) for r in rows]
         scores = [[float(s) for s in r["top_scores"]] for r in rows]
         contract = [r[PREPROCESSING_OUTPUT] for r in rows if PREPROCESSING_OUTPUT in r]
-        return Prediction(labels, scores, self.model_version, contract if size else None)
+        prediction = Prediction(labels, scores, self.model_version, contract if size else None)
+        columns = {o: [r[o] for r in rows] for o in OOD_OUTPUTS if all(o in r for r in rows)}
+        prediction.ood_score, prediction.is_ood = from_columns(columns if rows else {})
+        return prediction
 
     def close(self) -> None:
         pass

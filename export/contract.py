@@ -33,6 +33,11 @@ CLIENT_OUTPUT_FILTER = ("labels", "top_scores")
 # The outputs xfer-score asks serving_pixels for (client/transport.py PIXELS_OUTPUTS, checked
 # equal), warmed up for the same reason.
 CLIENT_PIXELS_OUTPUT_FILTER = (*CLIENT_OUTPUT_FILTER, PREPROCESSING_OUTPUT)
+# serving_default's and serving_pixels' out-of-distribution outputs (export/publishing/ood.py):
+# present when the model card has an `ood` section; a client asks for them only then.
+OOD_SCORE = "ood_score"
+IS_OOD = "is_ood"
+OOD_OUTPUTS = (OOD_SCORE, IS_OOD)
 MODEL_CARD_FILE = "model_card.json"
 LABELS_FILE = "labels.txt"
 # File name endings of the formats the preprocessing contract decodes.
@@ -45,6 +50,8 @@ _PREDICT_OUTPUTS = {
     "classes": ("int32", "k"),
     "labels": ("string", "k"),
     "top_scores": ("float32", "k"),
+    OOD_SCORE: ("float32", None),
+    IS_OOD: ("bool", None),
 }
 OUTPUTS = {
     SERVING_DEFAULT: _PREDICT_OUTPUTS,

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_dir": str(result.train.run_dir),
         "accuracy": {s: m["accuracy"] for s, m in result.train.metrics["splits"].items()},
         "champion": result.champion,
+        "ood": result.ood,
     }
     print(json.dumps(summary, indent=2))
     return EXIT_OK

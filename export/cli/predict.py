@@ -1,7 +1,8 @@
 """`xfer-predict`: top-k labels for images from a published version, loaded in process.
 
 One line per image on stdout: `IMAGE: label score, ...`, or with --json
-`{"uri", "version", "top": [[label, score], ...]}`; a failed image gets `IMAGE: error: REASON`
+`{"uri", "version", "top": [[label, score], ...], ...}` (with `ood_score`, `is_ood` for a model
+that has them); a failed image gets `IMAGE: error: REASON`
 (`{"uri", "error"}`) and the others are still predicted.
 """
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from export.contract import INPUT_KEY, SERVING_DEFAULT
+    from export.contract import INPUT_KEY, IS_OOD, OOD_OUTPUTS, OOD_SCORE, SERVING_DEFAULT
     from export.model.preprocessing import error_reason
 
     model = tf.saved_model.load(str(version_dir))
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for image in args.images:
         try:
             data = Path(image).read_bytes()
-            scores = serve(**{INPUT_KEY: tf.constant([data])})["scores"].numpy()[0]
+            out = serve(**{INPUT_KEY: tf.constant([data])})
+            scores = out["scores"].numpy()[0]
         except OSError as exc:
             reason = f"unreadable: {exc.strerror or exc}"
         except tf.errors.InvalidArgumentError as exc:
@@ -88,9 +90,15 @@ def main(argv: list[str] | None = None) -> int:
                 # `version` kept for the scripts that read them.
                 row = {"uri": image, "version": number, "top": top}
                 row.update(labels=[n for n, _ in top], scores=[s for _, s in top])
-                print(json.dumps({**row, "model_version": number}))
+                row["model_version"] = number
+                if all(o in out for o in OOD_OUTPUTS):  # a model with an OOD detector
+                    row[OOD_SCORE] = round(float(out[OOD_SCORE].numpy()[0]), 6)
+                    row[IS_OOD] = bool(out[IS_OOD].numpy()[0])
+                print(json.dumps(row))
             else:
-                print(f"{image}: " + ", ".join(f"{name} {score:.4f}" for name, score in top))
+                ood = " (out of distribution)" if IS_OOD in out and out[IS_OOD].numpy()[0] else ""
+                line = ", ".join(f"{name} {score:.4f}" for name, score in top)
+                print(f"{image}: {line}{ood}")
             continue
         failed += 1
         if args.json:

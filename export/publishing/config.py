@@ -30,6 +30,10 @@ class ExportConfig(TrainConfig):
     force: bool = opt(
         False, "publish even when the champion comparison refuses (recorded in the model card)"
     )
+    ood_fpr: float = opt(
+        0.01,
+        "share of validation images flagged is_ood: the OOD threshold is their (1 - this) quantile",
+    )
     imagenet_head: bool = opt(
         False,
         "publish the pretrained ImageNet classifier (efficientnet_lite0) untrained; "

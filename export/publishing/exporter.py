@@ -16,6 +16,7 @@ from export.contract import (
     CLASSIFICATION,
     EMBEDDING,
     INPUT_KEY,
+    OOD_OUTPUTS,
     PIXELS_INPUT_KEY,
     PREPROCESSING_OUTPUT,
     SERVING_DEFAULT,
@@ -26,7 +27,7 @@ from export.experiments.report import train_and_report, write_run_report
 from export.model.backbones import BackboneConfig, feature_dim
 from export.model.pixels import EagerPixels
 from export.model.preprocessing import EagerPreprocessor, Preprocessor
-from export.publishing import savedmodel
+from export.publishing import ood, savedmodel
 from export.publishing.champion import (
     REFUSED,
     ChampionError,
@@ -56,6 +57,7 @@ class ExportResult:
     gate: GateReport
     train: TrainResult
     champion: dict | None = None  # the model card's `champion` section
+    ood: dict | None = None  # the model card's `ood` section
 
 
 def _check_images(result: TrainResult, count: int) -> list[bytes]:
@@ -125,6 +127,25 @@ def _fine_tune_card(fine_tune: dict | None) -> dict | None:
     }
 
 
+def fit_ood(config: ExportConfig, result: TrainResult) -> tuple[ood.OodDetector | None, dict]:
+    """The OOD detector on the training split's features, its threshold on validation's (on
+    training's when there is no validation split), and the model card's `ood` section."""
+    if config.imagenet_head:
+        return None, {"method": None, "reason": "no training features: the pretrained head"}
+    if result.metrics.get("fine_tune"):
+        # The cached features are the backbone's before fine-tuning, not the exported one's.
+        return None, {"method": None, "reason": "fine-tuned backbone: features not recomputed"}
+    x, y = result.source.arrays(TRAIN)
+    detector = ood.fit(x, y, len(result.labels))
+    split = VALIDATION
+    calibration, _ = result.source.arrays(VALIDATION)
+    if not len(calibration):
+        split, calibration = TRAIN, x
+    detector = ood.calibrate(detector, calibration, config.ood_fpr, split)
+    log.info("ood: threshold %.4g (%s, fpr %g)", detector.threshold, split, config.ood_fpr)
+    return detector, {**detector.card(len(x)), "calibration_images": len(calibration)}
+
+
 def model_card(config: ExportConfig, result: TrainResult) -> dict:
     backbone = BackboneConfig.of(config)
     return {
@@ -165,14 +186,17 @@ def model_card(config: ExportConfig, result: TrainResult) -> dict:
         "signatures": {
             SERVING_DEFAULT: {
                 "inputs": [INPUT_KEY],
-                "outputs": ["scores", "classes", "labels", "top_scores"],
+                "outputs": ["scores", "classes", "labels", "top_scores", *OOD_OUTPUTS],
             },
             SERVING_PIXELS: {
                 "inputs": [
                     f"{PIXELS_INPUT_KEY} (uint8 [-1, {backbone.input_size}, "
                     f"{backbone.input_size}, 3], the contract's pixel step)"
                 ],
-                "outputs": ["scores", "classes", "labels", "top_scores", PREPROCESSING_OUTPUT],
+                "outputs": [
+                    *("scores", "classes", "labels", "top_scores", PREPROCESSING_OUTPUT),
+                    *OOD_OUTPUTS,
+                ],
             },
             CLASSIFICATION: {
                 "inputs": ["inputs (tf.Example with image/encoded)"],
@@ -230,7 +254,13 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
     expected_scores = tf.function(lambda x: classifier(x, training=False))(batch).numpy()
     expected_features = tf.function(lambda x: extractor(x, training=False))(batch).numpy()
 
+    detector, ood_card = fit_ood(config, result)
     card = model_card(config, result)
+    card["ood"] = ood_card
+    if detector is None:
+        for signature in (SERVING_DEFAULT, SERVING_PIXELS):
+            outputs = card["signatures"][signature]["outputs"]
+            card["signatures"][signature]["outputs"] = [o for o in outputs if o not in OOD_OUTPUTS]
 
     def write(directory: Path, version: int) -> None:
         if not (directory / "saved_model.pb").exists():
@@ -241,8 +271,11 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
                 Preprocessor.of(config),
                 result.labels,
                 config.top_k,
+                detector,
             )
-            savedmodel.write_warmup(directory, config.model_name, warmup, warmup_pixels)
+            savedmodel.write_warmup(
+                directory, config.model_name, warmup, warmup_pixels, detector is not None
+            )
         card["version"] = version
         savedmodel.write_model_card(directory, card)
 
@@ -260,6 +293,7 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
             tolerance=config.parity_tolerance,
             eval_images=compare_images,
             champion=champion.path if champion and compare_images else None,
+            ood=detector,
         )
         section = judge(
             champion, compare_split, truth, report, result.labels, thresholds, config.force
@@ -284,4 +318,4 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
     finally:
         if report_after:
             write_run_report(result)
-    return ExportResult(version, path, report, result, card.get("champion"))
+    return ExportResult(version, path, report, result, card.get("champion"), card["ood"])

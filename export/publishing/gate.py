@@ -38,6 +38,7 @@ from export.contract import (
     ENCODED_FEATURE,
     INPUTS,
     METHODS,
+    OOD_OUTPUTS,
     OUTPUTS,
     PIXELS_INPUT_KEY,
     PREPROCESSING_OUTPUT,
@@ -91,6 +92,8 @@ def _check_outputs(name: str, values: dict, n: int, expect: dict, problems: list
         "features": expect["feature_dim"],
     }
     for output, (dtype, width) in OUTPUTS[name].items():
+        if output in OOD_OUTPUTS and not expect.get("ood"):
+            continue  # a model without a detector has none
         if output not in values:
             problems.append(f"{name}: missing output {output!r}")
             continue
@@ -296,11 +299,13 @@ def run_gate(
     timeout: float = 600,
     eval_images: list[bytes] = (),
     champion: str | Path | None = None,
+    ood=None,
 ) -> GateReport:
     """Raise GateError unless the candidate loads TF1-style and matches the in-memory model.
 
     With `eval_images`, the report also holds the candidate's serving_default scores on them,
-    and with `champion` (a published version directory) the champion's, or why it failed."""
+    and with `champion` (a published version directory) the champion's, or why it failed.
+    With `ood` (export/publishing/ood.py's OodDetector), ood_score and is_ood must match it."""
     if not images:
         raise GateError("no images to check the model with")
     num_classes = int(expected_scores.shape[1])
@@ -311,6 +316,7 @@ def run_gate(
         "feature_dim": int(expected_features.shape[1]),
         "eval_images": [base64.b64encode(i).decode("ascii") for i in eval_images],
         "champion": str(champion) if champion is not None else None,
+        "ood": ood is not None,
     }
     # Scratch directories of exporters killed during their gate (kill -9 runs no clean-up).
     fsutil.remove_dead_temporaries(tempfile.gettempdir(), TMP_PREFIX, only_mine=True)
@@ -364,6 +370,13 @@ def run_gate(
                 f"parity: {name} differs from the in-memory model by {diff:.3g} "
                 f"(tolerance {tolerance * scale:.3g})"
             )
+    if ood is not None:
+        from export.publishing.ood import parity_problems
+
+        pair = (SERVING_DEFAULT, SERVING_PIXELS)
+        problems = parity_problems(arrays, ood, expected_features, pair, tolerance)
+        if problems:
+            raise GateError("parity: " + "; ".join(problems))
     top1 = arrays["serving_default/classes"][:, 0]
     if not np.array_equal(top1, np.argmax(arrays["serving_default/scores"], axis=1)):
         raise GateError("serving_default: classes[:, 0] is not the argmax of scores")

@@ -33,8 +33,11 @@ from export.contract import (
     EMBEDDING,
     ENCODED_FEATURE,
     INPUT_KEY,
+    IS_OOD,
     LABELS_FILE,
     MODEL_CARD_FILE,
+    OOD_OUTPUTS,
+    OOD_SCORE,
     PIXELS_INPUT_KEY,
     PREPROCESSING_OUTPUT,
     SERVING_DEFAULT,
@@ -43,6 +46,7 @@ from export.contract import (
 )
 from export.model.preprocessing import Preprocessor
 from export.publishing.gate import example_bytes
+from export.publishing.ood import OodDetector
 
 
 def _on_batch(model: keras.Model):
@@ -61,6 +65,21 @@ def _on_batch(model: keras.Model):
     return call
 
 
+def _ood_outputs(detector: OodDetector):
+    """features -> {ood_score, is_ood}: export/publishing/ood.py's `scores`, in float32 ops."""
+    whitening = tf.constant(detector.whitening, tf.float32)
+    means = tf.constant(detector.means, tf.float32)
+    threshold = tf.constant(detector.threshold, tf.float32)
+
+    def outputs(features):
+        z = tf.matmul(features, whitening)
+        distances = tf.reduce_sum(tf.square(z[:, None, :] - means[None, :, :]), axis=-1)
+        score = tf.reduce_min(distances, axis=1)
+        return {OOD_SCORE: score, IS_OOD: score > threshold}
+
+    return outputs
+
+
 def pixels_contract(preprocessor: Preprocessor) -> str:
     """serving_pixels' `preprocessing` output: what a client's pixel step must be, as compact
     JSON (the model card's `preprocessing` holds the same values and their descriptions)."""
@@ -77,19 +96,36 @@ def _endpoints(
     preprocessor: Preprocessor,
     labels: Sequence[str],
     top_k: int,
+    ood: OodDetector | None = None,
 ):
     label_table = tf.constant(list(labels), tf.string)
     k = min(top_k, len(labels))
     classify, embed = _on_batch(classifier), _on_batch(extractor)
 
+    if ood is not None:
+        # One backbone pass for both: the features feed the head and the detector.
+        joint = keras.Model(extractor.input, [extractor.output, classifier.output])
+        dim = int(extractor.output.shape[-1])
+        detect = _ood_outputs(ood)
+
     def predictions(images):
-        scores = classify(images)
+        extra = {}
+        if ood is None:
+            scores = classify(images)
+        else:
+            features, scores = tf.cond(
+                tf.shape(images)[0] > 0,
+                lambda: tuple(joint(images, training=False)),
+                lambda: (tf.zeros([0, dim]), tf.zeros([0, int(classifier.output.shape[-1])])),
+            )
+            extra = detect(features)
         top = tf.math.top_k(scores, k=k)
         return {
             "scores": scores,
             "classes": top.indices,
             "labels": tf.gather(label_table, top.indices),
             "top_scores": top.values,
+            **extra,
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
@@ -146,21 +182,26 @@ def write_saved_model(
     preprocessor: Preprocessor,
     labels: Sequence[str],
     top_k: int = 5,
+    ood: OodDetector | None = None,
 ) -> None:
     archive = keras.export.ExportArchive()
     archive.track(classifier)
-    for name, fn in _endpoints(classifier, extractor, preprocessor, labels, top_k).items():
+    endpoints = _endpoints(classifier, extractor, preprocessor, labels, top_k, ood)
+    for name, fn in endpoints.items():
         archive.add_endpoint(name, fn)
     archive.write_out(str(directory), verbose=False)
     set_method_name(directory, CLASSIFICATION, CLASSIFY_METHOD)
     fsutil.atomic_write_text(Path(directory) / "assets" / LABELS_FILE, "\n".join(labels) + "\n")
 
 
-def warmup_records(model_name: str, images: Sequence[bytes], pixels: np.ndarray) -> list[bytes]:
+def warmup_records(
+    model_name: str, images: Sequence[bytes], pixels: np.ndarray, ood: bool = False
+) -> list[bytes]:
     """Serialized PredictionLog records, for one batch of all images and for the first one alone:
     every signature, and serving_default and serving_pixels both whole and with the output filter
     xfer-score sends (a server builds one callable per signature and filter; each is built here,
-    at load). `pixels`: the images' uint8 pixels (export.model.pixels.image_pixels)."""
+    at load). `pixels`: the images' uint8 pixels (export.model.pixels.image_pixels). With `ood`,
+    the filters xfer-score sends to a model with the OOD outputs too."""
     from tensorflow_serving.apis import (
         classification_pb2,
         input_pb2,
@@ -203,6 +244,14 @@ def warmup_records(model_name: str, images: Sequence[bytes], pixels: np.ndarray)
             predict(batch, SERVING_DEFAULT, CLIENT_OUTPUT_FILTER),
             predict(batch, SERVING_PIXELS),
             predict(batch, SERVING_PIXELS, CLIENT_PIXELS_OUTPUT_FILTER),
+            *(
+                [
+                    predict(batch, SERVING_DEFAULT, (*CLIENT_OUTPUT_FILTER, *OOD_OUTPUTS)),
+                    predict(batch, SERVING_PIXELS, (*CLIENT_PIXELS_OUTPUT_FILTER, *OOD_OUTPUTS)),
+                ]
+                if ood
+                else []
+            ),
             predict(batch, EMBEDDING),
             classify(batch),
         ]
@@ -210,14 +259,18 @@ def warmup_records(model_name: str, images: Sequence[bytes], pixels: np.ndarray)
 
 
 def write_warmup(
-    directory: str | Path, model_name: str, images: Sequence[bytes], pixels: np.ndarray
+    directory: str | Path,
+    model_name: str,
+    images: Sequence[bytes],
+    pixels: np.ndarray,
+    ood: bool = False,
 ) -> None:
     extra = Path(directory) / "assets.extra"
     extra.mkdir(parents=True, exist_ok=True)
     target = extra / WARMUP_FILE
     tmp = extra / f".{WARMUP_FILE}.{os.getpid()}.tmp"
     with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for record in warmup_records(model_name, images, pixels):
+        for record in warmup_records(model_name, images, pixels, ood):
             writer.write(record)
     os.replace(tmp, target)
 

@@ -60,6 +60,9 @@ def test_beam_predict_equals_xfer_predict(exported, tmp_path, capsys):
         expected = json.loads(line)
         row = rows[expected["uri"]]
         assert row["model_version"] == 1
+        # the OOD outputs, in xfer-predict's JSON and in the Beam job's rows alike
+        assert row["is_ood"] == expected["is_ood"]
+        np.testing.assert_allclose(row["ood_score"], expected["ood_score"], rtol=1e-5)
         assert row["labels"] == [label for label, _ in expected["top"]]
         np.testing.assert_allclose(row["scores"], [s for _, s in expected["top"]], atol=1e-5)
     # The colour in each file name is the class the model should find.

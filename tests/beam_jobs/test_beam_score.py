@@ -58,6 +58,7 @@ def test_beam_scoring_against_the_server_matches_the_client(two_version_server, 
     )
     assert "larger than the request limit" in errors[str(folder / "huge.png")]
     assert {r["model_version"] for r in rows.values()} == {1}  # the `stable` label
+    assert all(isinstance(r["ood_score"], float) and "is_ood" in r for r in rows.values())
     assert all(r["labels"][0] == uri.rsplit("_", 1)[1][:-4] for uri, r in rows.items())
 
     from client.cli import main as score_main

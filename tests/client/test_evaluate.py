@@ -29,7 +29,8 @@ def predictions(tmp_path, good_images):
     with open(path, "w") as f:
         for i, (label, labels) in enumerate(cases):
             row = {"uri": str(good_images[i]), "label": label, "labels": labels,
-                   "scores": [0.7, 0.2, 0.1], "model_version": 3}  # fmt: skip
+                   "scores": [0.7, 0.2, 0.1], "model_version": 3,
+                   "ood_score": 10.0 + i, "is_ood": i in (3, 9)}  # fmt: skip
             f.write(json.dumps(row) + "\n")
         f.write(
             json.dumps({"uri": "x.jpg", "label": "red", "error": "INVALID_ARGUMENT: bad"}) + "\n"
@@ -59,7 +60,9 @@ def test_accuracy_topk_report_and_figures(predictions, tmp_path, capsys):
     for name in ("confusion_matrix.png", "misclassified.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width > 100 and image.height > 100
-    assert "accuracy 0.6000, top-5 0.8000" in capsys.readouterr().out
+    # the OOD rate over the scored rows that carry is_ood: 2 of 10 (y.jpg has none)
+    assert metrics["ood_rows"] == 10 and metrics["ood_rate"] == pytest.approx(0.2)
+    assert "accuracy 0.6000, top-5 0.8000; out of distribution 0.2000" in capsys.readouterr().out
 
 
 def test_no_labelled_rows_is_exit_1(tmp_path):

@@ -23,6 +23,9 @@ from client.scorer import run
 CLASSES = {"red", "green", "blue"}
 
 
+OOD = ("ood_score", "is_ood")  # the session's model has an OOD detector
+
+
 def rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -44,7 +47,8 @@ def test_directory_scored_once_each_with_labels_and_version(
     scored = [r for r in rows if "error" not in r]
     assert len(scored) == len(good_images)
     for row in scored:
-        assert set(row) == {"uri", "label", "labels", "scores", "model_version"}
+        assert set(row) == {"uri", "label", "labels", "scores", "model_version", *OOD}
+        assert isinstance(row["ood_score"], float) and row["is_ood"] in (True, False)
         assert set(row["labels"]) == CLASSES and row["scores"] == sorted(
             row["scores"], reverse=True
         )
@@ -305,7 +309,7 @@ def test_tfrecord_input(target, good_images, tmp_path):
     assert sorted(r["uri"] for r in rows) == sorted(map(str, good_images[:6]))
     # Each record's image was scored: a full row, as for an image file.
     for row in rows:
-        assert set(row) == {"uri", "labels", "scores", "model_version"}, row
+        assert set(row) == {"uri", "labels", "scores", "model_version", *OOD}, row
         assert set(row["labels"]) == CLASSES and row["model_version"] == 2
 
 

@@ -11,7 +11,7 @@ from testconfig import MODEL
 from client.cli import main as score
 from client.compare_versions import main as compare
 
-PRIMARY_KEYS = {"uri", "label", "labels", "scores", "model_version"}
+PRIMARY_KEYS = {"uri", "label", "labels", "scores", "model_version", "ood_score", "is_ood"}
 
 
 def rows_of(path: Path) -> list[dict]:

@@ -31,6 +31,7 @@ def test_interface_names_match_the_export_contract():
     assert config.SERVING_PIXELS == contract.SERVING_PIXELS
     assert config.PIXELS_INPUT_KEY == contract.PIXELS_INPUT_KEY
     assert config.PREPROCESSING_OUTPUT == contract.PREPROCESSING_OUTPUT
+    assert config.OOD_OUTPUTS == contract.OOD_OUTPUTS
     assert config.IMAGE_EXTENSIONS == contract.IMAGE_EXTENSIONS
     # the exporter's warmup replays the output filter the client sends
     assert tuple(transport.OUTPUTS) == contract.CLIENT_OUTPUT_FILTER
@@ -114,6 +115,8 @@ def test_csv_output_round_trips(tmp_path):
             {"uri": "a,b.jpg", "labels": ["x", "y"], "scores": [0.75, 0.25], "model_version": 3}
         )
         writer.write({"uri": "c.jpg", "error": "INVALID_ARGUMENT: bad"})
+        writer.write({"uri": "o.jpg", "labels": ["x"], "scores": [0.5], "model_version": 4,
+                      "ood_score": 3512.25, "is_ood": True})  # fmt: skip
     with ResultWriter(str(path), "csv") as writer:  # reopened: no second header
         writer.write({"uri": "d.jpg", "label": "x", "error": "e"})
     from client.output import read_rows
@@ -126,7 +129,8 @@ def test_csv_output_round_trips(tmp_path):
         "model_version": 3,
     }
     assert rows[1] == {"uri": "c.jpg", "error": "INVALID_ARGUMENT: bad"}
-    assert len(rows) == 3 and path.read_text().count("uri,label") == 1
+    assert rows[2]["ood_score"] == 3512.25 and rows[2]["is_ood"] is True
+    assert len(rows) == 4 and path.read_text().count("uri,label") == 1
 
 
 def test_readers_stream_lists_and_tfrecords(tmp_path, good_images):
@@ -445,3 +449,35 @@ def test_an_input_that_names_nothing_is_refused_by_name(tmp_path, monkeypatch):
         check_inputs(["many", "mnay"])
     with pytest.raises(InputNotFound, match=r"'many/\*\.png' \(the pattern matches no file\)"):
         check_inputs(["many/*.png"])
+
+
+def test_ood_outputs_asked_for_only_when_the_signature_has_them():
+    from client.ood import OodOutputs, fields, from_columns
+    from client.pixels import ModelMetadata
+    from client.retry import RpcError
+
+    calls = []
+
+    def metadata(attempt):
+        calls.append(attempt)
+        return ModelMetadata(
+            3,
+            {"serving_default": {}, "serving_pixels": {}},
+            {"serving_default": ["labels", "top_scores", "ood_score", "is_ood"],
+             "serving_pixels": ["labels", "top_scores"]},
+        )  # fmt: skip
+
+    ood = OodOutputs(metadata)
+    assert ood.wanted("serving_default", 0) == ("ood_score", "is_ood")
+    assert ood.wanted("serving_default", 1) == ("ood_score", "is_ood")
+    assert ood.wanted("serving_pixels", 0) == ()  # a model exported before the detector
+    assert calls == [0, 0]  # once per signature
+
+    def unavailable(attempt):
+        raise RpcError("UNIMPLEMENTED", "no metadata here")
+
+    assert OodOutputs(unavailable).wanted("serving_default", 0) == ()
+    score, flag = from_columns({"ood_score": [1.5, 90.0], "is_ood": [False, True]})
+    assert fields(score, flag, 1) == {"ood_score": 90.0, "is_ood": True}
+    assert from_columns({"labels": [["a"]]}) == (None, None)
+    assert fields(None, None, 0) == {}

@@ -29,7 +29,7 @@ from export.contract import (
     SERVING_DEFAULT,
 )
 
-DTYPES = {"float32": tf.float32, "int32": tf.int32, "string": tf.string}
+DTYPES = {"float32": tf.float32, "int32": tf.int32, "string": tf.string, "bool": tf.bool}
 
 
 def outputs_of(response) -> dict[str, np.ndarray]:
@@ -152,10 +152,10 @@ def test_get_model_metadata(target, stub, latest):
         assert set(signature.inputs) == {INPUTS[name]}, name
         assert signature.inputs[INPUTS[name]].dtype == tf.string.as_datatype_enum, name
         assert set(signature.outputs) == set(OUTPUTS[name]), name
-        for output, (dtype, _) in OUTPUTS[name].items():
+        for output, (dtype, width) in OUTPUTS[name].items():
             info = signature.outputs[output]
             assert info.dtype == DTYPES[dtype].as_datatype_enum, (name, output)
-            assert len(info.tensor_shape.dim) == 2, (name, output)
+            assert len(info.tensor_shape.dim) == (1 if width is None else 2), (name, output)
 
 
 def test_get_model_metadata_by_version_and_label(target, stub, versions, version_labels):

@@ -18,7 +18,7 @@ from export.contract import (
     SERVING_DEFAULT,
 )
 
-DTYPE_JSON = {"float32": "DT_FLOAT", "int32": "DT_INT32", "string": "DT_STRING"}
+DTYPE_JSON = {"float32": "DT_FLOAT", "int32": "DT_INT32", "string": "DT_STRING", "bool": "DT_BOOL"}
 
 
 def check_rows(rows: list, n: int, label_list: list[str]) -> None:

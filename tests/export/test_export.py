@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from imagegen import COLOURS, encode, square_image
+from PIL import Image
 
 from export.contract import CLASSIFY_METHOD, PREDICT_METHOD
 from export.model.pixels import image_pixels
@@ -49,6 +50,11 @@ def test_model_card_fields(exported):
     assert {"tensorflow", "keras", "numpy", "python"} <= set(card["versions"])
     assert card["gate"]["max_abs_diff"]["serving_default/scores"] <= 1e-5
     assert card["gate"]["max_abs_diff"]["serving_pixels/scores"] <= 1e-5
+    assert card["ood"]["method"] == "mahalanobis_tied_ledoit_wolf"
+    assert card["ood"]["fpr"] == 0.01 and card["ood"]["feature_dim"] == 32
+    assert card["ood"]["calibrated_on"] == "validation" and card["ood"]["threshold"] > 0
+    assert "ood_score" in card["signatures"]["serving_default"]["outputs"]
+    assert exported.ood == card["ood"]  # also in xfer-export's JSON
     assert set(card["signatures"]) == {
         "serving_default",
         "serving_pixels",
@@ -81,16 +87,23 @@ def test_warmup_file_parses_as_prediction_logs(exported):
         ("predict_log", "serving_default", ("labels", "top_scores")),
         ("predict_log", "serving_pixels", ()),
         ("predict_log", "serving_pixels", ("labels", "top_scores", "preprocessing")),
+        # the filters xfer-score sends a model with an OOD detector
+        ("predict_log", "serving_default", ("labels", "top_scores", "ood_score", "is_ood")),
+        (
+            "predict_log",
+            "serving_pixels",
+            ("labels", "top_scores", "preprocessing", "ood_score", "is_ood"),
+        ),
         ("predict_log", "embedding", ()),
         ("classify_log", "classification", ()),
     }
-    assert len(logs) == 12  # each for a batch of all warmup images, and for one image
+    assert len(logs) == 16  # each for a batch of all warmup images, and for one image
     assert all(r.model_spec.name == "shapes" for _, r in kinds)
     images = tf.make_ndarray(logs[0].predict_log.request.inputs["image_bytes"])
     assert images.shape == (5,) and all(bytes(i)[:2] in (b"\xff\xd8", b"\x89P") for i in images)
     pixels = tf.make_ndarray(logs[2].predict_log.request.inputs["pixels"])
     assert pixels.shape == (5, 32, 32, 3) and pixels.dtype == np.uint8
-    examples = logs[5].classify_log.request.input.example_list.examples
+    examples = logs[7].classify_log.request.input.example_list.examples
     assert len(examples) == 5 and examples[0].features.feature["image/encoded"].bytes_list.value
 
 
@@ -123,6 +136,12 @@ def test_tf1_style_load_and_every_signature(exported):
         assert out["classes"].shape == (3, 3) and out["classes"].dtype == np.int32
         assert [row[0].decode() for row in out["labels"]] == ["red", "green", "blue"]
         np.testing.assert_allclose(out["top_scores"][:, 0], out["scores"].max(axis=1))
+        assert out["ood_score"].shape == (3,) and out["ood_score"].dtype == np.float32
+        assert out["is_ood"].dtype == bool
+        # Noise unlike any training square scores higher than the squares themselves.
+        noise = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        far = run("serving_default", "image_bytes", [encode(Image.fromarray(noise), "PNG")])
+        assert far["ood_score"][0] > out["ood_score"].max() and far["is_ood"][0]
 
         out = run("classification", "inputs", [example.SerializeToString()])
         assert out["classes"].tolist() == [[b"blue", b"green", b"red"]]
@@ -136,6 +155,7 @@ def test_tf1_style_load_and_every_signature(exported):
         by_bytes = run("serving_default", "image_bytes", images)
         out = run("serving_pixels", "pixels", pixels)
         np.testing.assert_allclose(out["scores"], by_bytes["scores"], atol=1e-6)
+        np.testing.assert_allclose(out["ood_score"], by_bytes["ood_score"], rtol=1e-5)
         assert out["labels"].tolist() == by_bytes["labels"].tolist()
         assert [json.loads(v) for v in out["preprocessing"]] == [
             {"version": "3", "image_size": 32, "max_pixels": 40_000_000}
@@ -147,7 +167,7 @@ def test_parity_measured_by_the_gate(exported):
     assert diffs["serving_default/scores"] <= 1e-5
     assert diffs["classification/scores"] <= 1e-5
     assert diffs["serving_pixels/scores"] <= 1e-5
-    assert exported.gate.warmup_records == 12
+    assert exported.gate.warmup_records == 16
 
 
 def test_second_export_publishes_version_2_and_version_never_overwrites(
@@ -324,3 +344,16 @@ def test_make_export_from_cached_bottlenecks():
         "--model-name": "m",
         "--model-base-path": "models/m",
     }
+
+
+def test_gate_checks_the_ood_outputs_against_the_detector(exported, tmp_path):
+    from export.publishing import ood
+
+    images = [jpeg("red"), jpeg("blue")]
+    loaded = tf.saved_model.load(str(exported.path))
+    scores = loaded.signatures["serving_default"](image_bytes=tf.constant(images))["scores"]
+    features = loaded.signatures["embedding"](image_bytes=tf.constant(images))["features"]
+    rng = np.random.default_rng(0)
+    other = ood.fit(rng.normal(0, 1, (50, 32)), rng.integers(0, 3, 50), 3)
+    with pytest.raises(GateError, match="parity: serving_default/ood_score differs"):
+        run_gate(exported.path, images, scores.numpy(), features.numpy(), top_k=5, ood=other)

@@ -112,6 +112,9 @@ def test_fine_tuned_model_is_what_export_publishes_through_the_gate(tuned, shape
     card = json.loads((exported.path / "assets.extra" / "model_card.json").read_text())
     assert card["training"]["fine_tune"]["from"] == "conv2"
     assert set(card["training"]["fine_tune"]["head_only_accuracy"]) == set(SPLITS)
+    # The cached features are the backbone's before fine-tuning: no OOD detector from them.
+    assert card["ood"]["method"] is None and "fine-tuned" in card["ood"]["reason"]
+    assert "ood_score" not in card["signatures"]["serving_default"]["outputs"]
 
     uris = tuned.source.uris(VALIDATION, 6) + tuned.source.uris(TRAIN, 6)
     contents = [Path(uri).read_bytes() for uri in uris]

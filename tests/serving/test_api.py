@@ -89,7 +89,14 @@ def test_metadata_grpc(stub):
     default = signature_map.signature_def["serving_default"]
     assert default.method_name == "tensorflow/serving/predict"
     assert default.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
-    assert set(default.outputs) == {"scores", "classes", "labels", "top_scores"}
+    assert set(default.outputs) == {
+        "scores",
+        "classes",
+        "labels",
+        "top_scores",
+        "ood_score",
+        "is_ood",
+    }
     assert (
         signature_map.signature_def["classification"].method_name == "tensorflow/serving/classify"
     )
@@ -215,7 +222,7 @@ def test_rest_predict_instances_b64(rest_url, b64):
     assert status == 200, body
     rows = body["predictions"]
     assert [row["labels"][0] for row in rows] == ["red", "blue"]
-    assert set(rows[0]) == {"scores", "classes", "labels", "top_scores"}
+    assert set(rows[0]) == {"scores", "classes", "labels", "top_scores", "ood_score", "is_ood"}
 
 
 def test_rest_predict_inputs_columnar_with_version_and_label(rest_url, b64):
