@@ -43,6 +43,14 @@ def test_demo_script_end_to_end_with_hot_swap(shapes_root, tmp_path):
     seen = {v for r in summary["swap_rounds"] for v in r["versions"]}
     assert seen == {"1", "2"}, summary["swap_rounds"]
     assert summary["test_accuracy_grpc"] >= 0.9
+    # The photos mixed into the scored set carry the model's OOD flag (on the digits the real
+    # demo flags all of them; the tiny random backbone here only has to answer).
+    ood = summary["ood"]
+    assert ood["photos"] >= 5 and ood["digits"] > 0, ood
+    rows = [
+        json.loads(line) for line in (out / "scored-with-photos.jsonl").read_text().splitlines()
+    ]
+    assert all(isinstance(r["is_ood"], bool) for r in rows if not r.get("error")), rows[:2]
     for name in [
         "bottlenecks/metadata.json",
         f"models/{shapes_root.name}/1/saved_model.pb",
