@@ -13,7 +13,8 @@ server follows TF Serving's SharedBatchScheduler (shared_batch_scheduler.h):
   batching off; otherwise they spread over the T running batches and the open one, about
   c / (T + 1) requests a batch, at most B = `max_batch_size` rows.
 * A request waits at most max(timeout, one batch's run) before its batch starts, then runs with
-  it: p99 ~ max(timeout, p99(B, T)) + p99(B, T).
+  it: p99 ~ max(timeout, p99(b, T)) + p99(b, T), b the largest batch that can form (B, or
+  every row in flight if fewer).
 * Padding up to an `allowed_batch_sizes` entry runs the padded rows for nothing; the sizes are
   chosen so that padding costs at most `padding_tolerance` of a batch's time.
 
@@ -101,6 +102,8 @@ def allowed_sizes(latency, max_batch: int, tolerance: float) -> tuple[int, ...]:
     one takes at most (1 + tolerance) x its own time. () (no padding at all) when that needs
     more sizes than the powers of two up to `max_batch`: such a list no longer limits the
     shapes a model sees, which is all padding is for."""
+    if max_batch == 1:
+        return ()
     sizes = [max_batch]
     while sizes[-1] > 1:
         top = sizes[-1]
@@ -156,7 +159,8 @@ def choose(
         costs = fit_costs(row)
         fixed = costs[0] if costs[0] >= costs[1] else 0.0
         for max_batch in sorted(row):
-            p99 = row[max_batch].p99_ms
+            # the largest batch that can form: every row in flight, at most B
+            p99 = interpolate(row, min(max_batch, in_flight * request_images), "p99_ms")
             timeout_ms = min(fixed, max(p99_ms - 2 * p99, 0.0))
             vs_off = {
                 k: 1.0 if k <= threads else rate(row, threads, max_batch, k * request_images) / v

@@ -187,7 +187,7 @@ class DeployFlags:
         4, "BatchingParameters.num_batch_threads (None: not written, the server's cores)"
     )
     allowed_batch_sizes: str = _flag(
-        "", "BatchingParameters.allowed_batch_sizes, e.g. 8,16,32 (default none: no padding)"
+        "", "BatchingParameters.allowed_batch_sizes, e.g. 8,16,32; empty: no padding"
     )
     out: str = _flag(MISSING, "directory for the three files")
     tune: bool = _flag(False, "measure --target and write the batching parameters it chooses")
@@ -202,7 +202,8 @@ class DeployFlags:
     )
     tune_batch_sizes: str = _flag("1,2,4,8,16,32", "--tune: batch sizes to measure")
     tune_concurrencies: str = _flag("1,2,4", "--tune: concurrencies (batch threads) to measure")
-    tune_seconds: float = _flag(3.0, "--tune: seconds per measured point")
+    tune_seconds: float = _flag(2.0, "--tune: seconds per measured point and round")
+    tune_rounds: int = _flag(3, "--tune: rounds over every point; the median of each is kept")
     padding_tolerance: float = _flag(
         0.1, "--tune: padding may add at most this fraction to a batch's time"
     )
@@ -270,6 +271,7 @@ def _tuned(args: DeployFlags, config: DeployConfig) -> DeployConfig | None:
         batch_sizes=_ints(args.tune_batch_sizes, "--tune-batch-sizes"),
         concurrencies=_ints(args.tune_concurrencies, "--tune-concurrencies"),
         seconds=args.tune_seconds,
+        rounds=args.tune_rounds,
         request_images=args.request_images,
         in_flight=args.grpc_max_threads,
         padding_tolerance=args.padding_tolerance,

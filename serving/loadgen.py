@@ -143,9 +143,10 @@ class LoadClient:
         concurrency: int,
         seconds: float,
         min_requests: int = 3,
+        warm: bool = True,
     ) -> Point:
         """`concurrency` clients sending `batch` images a request for `seconds` (and at least
-        `min_requests` each), after one unmeasured request each."""
+        `min_requests` each), after one unmeasured request each when `warm`."""
         what = f"{self.target.address}: Predict of {batch} images at concurrency {concurrency}"
         requests = [
             self.request([payloads[(c * batch + i) % len(payloads)] for i in range(batch)])
@@ -160,7 +161,8 @@ class LoadClient:
 
         def client(c: int) -> None:
             try:
-                self.predict(requests[c], what)  # warm: connection, callable, caches
+                if warm:
+                    self.predict(requests[c], what)  # connection, callable, caches
                 barrier.wait()
                 deadline = bounds["started"] + seconds
                 mine = latencies[c]

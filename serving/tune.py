@@ -33,7 +33,8 @@ class TuneConfig:
     p99_ms: float
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     concurrencies: tuple[int, ...] = (1, 2, 4)  # the num_batch_threads to try
-    seconds: float = 3.0  # per measured point
+    seconds: float = 2.0  # per measured point and round
+    rounds: int = 3  # each point measured this many times, the median kept
     request_images: int = 1
     in_flight: int = 8  # the server's --grpc_max_threads
     padding_tolerance: float = 0.1
@@ -63,29 +64,59 @@ def grid(config: TuneConfig) -> list[tuple[int, int]]:
 
 
 def measure(config: TuneConfig, payloads: list[bytes]) -> list[Point]:
+    """The grid, `config.rounds` times over (each round in another order, so that a load
+    coming and going on the machine spreads over every point), and per point the median."""
     from tqdm import tqdm
 
     client = LoadClient(LoadTarget(config.target, config.model_name, config.signature_name))
-    points = []
+    todo = grid(config)
+    measured: dict[tuple[int, int], list[Point]] = {key: [] for key in todo}
     try:
         payloads = client.usable(payloads)
-        todo = grid(config)
-        with tqdm(todo, desc="tuning", unit="point", disable=None) as bar:
-            for batch, concurrency in bar:
+        order = [(r, key) for r in range(config.rounds) for key in _rotated(todo, r)]
+        with tqdm(order, desc="tuning", unit="point", disable=None) as bar:
+            for number, (batch, concurrency) in bar:
                 bar.set_postfix(batch=batch, concurrency=concurrency)
-                point = client.measure(payloads, batch, concurrency, config.seconds)
-                log.info(
-                    "batch %d x %d clients: %.1f images/s, p50 %.1f ms, p99 %.1f ms",
-                    batch,
-                    concurrency,
-                    point.images_per_s,
-                    point.p50_ms,
-                    point.p99_ms,
+                point = client.measure(
+                    payloads, batch, concurrency, config.seconds, warm=number == 0
                 )
-                points.append(point)
+                measured[batch, concurrency].append(point)
     finally:
         client.close()
+    points = [_median(runs) for runs in measured.values()]
+    for p in points:
+        log.info(
+            "batch %d x %d clients: %.1f images/s, p50 %.1f ms, p99 %.1f ms",
+            p.batch,
+            p.concurrency,
+            p.images_per_s,
+            p.p50_ms,
+            p.p99_ms,
+        )
     return points
+
+
+def _rotated(items: list, by: int) -> list:
+    by %= len(items)
+    return items[by:] + items[:by] if by % 2 == 0 else list(reversed(items[by:] + items[:by]))
+
+
+def _median(runs: list[Point]) -> Point:
+    """One point from several runs of it: the median of each figure."""
+    import numpy as np
+
+    def med(name: str) -> float:
+        return float(np.median([getattr(p, name) for p in runs]))
+
+    return Point(
+        batch=runs[0].batch,
+        concurrency=runs[0].concurrency,
+        requests=sum(p.requests for p in runs),
+        seconds=sum(p.seconds for p in runs),
+        p50_ms=med("p50_ms"),
+        p99_ms=med("p99_ms"),
+        images_per_s=med("images_per_s"),
+    )
 
 
 def run(config: TuneConfig, out_dir: str | Path) -> Choice:

@@ -36,6 +36,13 @@ def test_the_fastest_config_with_the_server_full():
     assert (wide.num_batch_threads, wide.max_batch_size) == (2, 32)
     assert wide.expected_batch == pytest.approx(64 / 3)
     assert wide.predicted_p99_ms == pytest.approx(2 * 1.2 * (20 + 2 * 32))
+    # With 8 in flight no batch holds more than 8 rows, whatever the cap: p99 of 8 rows.
+    capped = choose(cpu_table(20, 2), p99_ms=1000, in_flight=8, slack=1.0)
+    assert capped.predicted_p99_ms == pytest.approx(2 * 1.2 * (20 + 2 * 4))  # B=4 chosen
+    only_large = [p for p in cpu_table(20, 2) if p.batch in (1, 32)]
+    large = choose(only_large, p99_ms=1000, in_flight=8)
+    assert large.max_batch_size == 32
+    assert large.predicted_p99_ms == pytest.approx(2 * 1.2 * (20 + 2 * 8))
     # Twice p99(32 images, 2 threads) is over 200 ms; 16 images fit.
     tight = choose(points, p99_ms=200, in_flight=64)
     assert (tight.num_batch_threads, tight.max_batch_size) == (2, 16)
@@ -84,6 +91,7 @@ def test_allowed_sizes_bound_the_padding_cost():
         for n in range(low + 1, high + 1):
             assert 100.0 + high <= 1.1 * (100.0 + n)
     assert allowed_sizes(lambda b: 20.0 + b, 32, 0.1) == ()  # 9 sizes: more than 1, 2, ... 32
+    assert allowed_sizes(lambda b: 20.0 + b, 1, 0.1) == ()  # batches of 1: nothing to pad
 
 
 def test_requests_of_several_images_fill_batches_faster():

@@ -17,7 +17,8 @@ from serving.deploy_configs import main
 REDUCED = [
     "--tune-batch-sizes", "1,2",
     "--tune-concurrencies", "1,2",
-    "--tune-seconds", "0.3",
+    "--tune-seconds", "0.2",
+    "--tune-rounds", "2",
     "--grpc-max-threads", "4",
 ]  # fmt: skip
 
