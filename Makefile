@@ -155,6 +155,7 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/beam_bench.py
 	$(BIN)/python bench/serving_bench.py
+	$(BIN)/python bench/batching_bench.py
 	$(BIN)/python bench/client_bench.py
 	$(BIN)/python bench/memory_bench.py
 	$(BIN)/python bench/training_bench.py

@@ -1,9 +1,14 @@
 """Server-side batching: concurrent small requests merged into one session.run.
 
-Mirrors TF Serving's BatchingSession on a SharedBatchScheduler queue: tasks with the same
-signature (fed and fetched tensor names) join the open batch until it reaches `max_batch_size`
-or `batch_timeout_micros` passes; at most `max_enqueued_batches` wait; a merged batch is padded
-up to the next `allowed_batch_sizes` entry by repeating its first row, run once, and split back.
+Mirrors TF Serving's BatchingSession on a SharedBatchScheduler queue (batching_session.cc,
+shared_batch_scheduler.h): tasks with the same signature (fed and fetched tensor names) join the
+open batch. While fewer than `num_batch_threads` batches run, the oldest batch that is closed
+(a task did not fit), full (`max_batch_size`, or `max_execution_batch_size` with large batch
+splitting), or whose first task has waited `batch_timeout_micros` starts; so while all are
+busy, the open batch keeps growing. At most `max_enqueued_batches` wait. A merged batch is
+padded up to the next `allowed_batch_sizes` entry with copies of its last task's first row,
+run once, and split back. Each padded row costs a full row of model time: the padding
+fraction is exported as a metric (serving/metrics.py).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ Key = tuple[tuple[str, ...], tuple[str, ...]]
 class _Task:
     feeds: dict[str, np.ndarray]
     size: int
-    done: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
     result: list[np.ndarray] | None = None
     error: BaseException | None = None
 
@@ -52,13 +57,14 @@ def padded_size(size: int, allowed: tuple[int, ...]) -> int:
 
 
 def merge(tasks: list[_Task], target: int) -> dict[str, np.ndarray]:
-    """Concatenate the tasks' inputs along dimension 0, padded with copies of the first row."""
+    """Concatenate the tasks' inputs along dimension 0, padded to `target` rows with copies of
+    the last task's first row (what BatchingSession::MergeInputTensors pads with)."""
     merged = {}
     for name in tasks[0].feeds:
         parts = [t.feeds[name] for t in tasks]
         total = sum(len(p) for p in parts)
         if target > total:
-            parts.append(np.repeat(parts[0][:1], target - total, axis=0))
+            parts.append(np.repeat(parts[-1][:1], target - total, axis=0))
         merged[name] = np.concatenate(parts, axis=0)
     return merged
 
@@ -75,27 +81,26 @@ def split(outputs: list[np.ndarray], sizes: list[int]) -> list[list[np.ndarray]]
 
 
 class Batcher:
-    """One scheduler per loaded version; `run(feeds, fetches)` blocks until its batch ran."""
+    """One scheduler per loaded version; `run(feeds, fetches)` blocks until its batch ran.
+
+    Batches run on the threads of the requests waiting for them, at most `num_batch_threads`
+    at once, oldest ready batch first: the behaviour of TF Serving's batch threads without
+    handing each request to another thread and back (on a busy machine, waking a thread can
+    take longer than the merge saves)."""
 
     def __init__(
         self,
         options: BatchingOptions,
         run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]],
         on_batch: Callable[[int, int], None] | None = None,
-        name: str = "batcher",
     ):
         self.options = options
         self._run = run
         self._on_batch = on_batch or (lambda size, padding: None)
         self._queues: dict[Key, deque[_Batch]] = {}
         self._cond = threading.Condition()
+        self._running = 0  # batches being run, at most num_batch_threads
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._worker, name=f"{name}-{i}", daemon=True)
-            for i in range(options.num_batch_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
 
     def run(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
         sizes = {len(v) if np.ndim(v) else -1 for v in feeds.values()}
@@ -108,30 +113,76 @@ class Batcher:
                 f"{self.options.max_batch_size}"
             )
         key: Key = (tuple(sorted(feeds)), tuple(fetches))
-        task = _Task({k: feeds[k] for k in key[0]}, size)
         with self._cond:
             if self._stopped:
                 raise unavailable("Batch scheduler is stopped")
-            queue = self._queues.setdefault(key, deque())
+            tasks = self._enqueue(self._queues.setdefault(key, deque()), key, feeds, size)
+            self._cond.notify_all()
+            self._work_until(tasks)
+        for task in tasks:
+            if task.error is not None:
+                raise task.error
+        if len(tasks) == 1:
+            return tasks[0].result
+        return [np.concatenate(parts) for parts in zip(*(t.result for t in tasks))]
+
+    def _work_until(self, tasks: list[_Task]) -> None:
+        """Run ready batches (anyone's) while a slot is free, until `tasks` are done. Called
+        and returns with the lock held."""
+        while not all(t.done for t in tasks):
+            batch, wait = (None, None)
+            if self._running < self.options.num_batch_threads:
+                batch, wait = self._ready(time.monotonic())
+            if batch is None:
+                self._cond.wait(wait)
+                continue
+            self._queues[batch.key].popleft()
+            batch.closed = True
+            self._running += 1
+            self._cond.release()
+            try:
+                self._process(batch)
+            finally:
+                self._cond.acquire()
+                self._running -= 1
+                self._cond.notify_all()
+
+    def _enqueue(self, queue: deque[_Batch], key: Key, feeds, size: int) -> list[_Task]:
+        """Add a request to the open batch (a new one when it does not fit), or, with
+        enable_large_batch_splitting, as pieces: the open batch's room, then batches of
+        max_execution_batch_size (shared_batch_scheduler.h's ScheduleWithoutOrEagerSplitImpl)."""
+        options = self.options
+        limit = options.execution_batch_size
+        tail = queue[-1] if queue else None
+        is_open = tail is not None and not tail.closed
+        room = limit - tail.size if is_open else limit  # > 0: a full batch is closed
+        full = "The batch scheduling queue to which this task was submitted is full"
+        pieces = [size]
+        if options.enable_large_batch_splitting:
+            batches = len(queue) if is_open else len(queue) + 1  # TF counts the open batch
+            if size > (options.max_enqueued_batches - batches) * limit + room:
+                raise unavailable(full)
+            if size > room:
+                rest = size - room
+                pieces = [room] + [min(limit, rest - i) for i in range(0, rest, limit)]
+        elif (not is_open or size > room) and len(queue) >= options.max_enqueued_batches:
+            raise unavailable(full)
+        tasks, offset = [], 0
+        for piece in pieces:
             tail = queue[-1] if queue else None
-            if tail is None or tail.closed or tail.size + size > self.options.max_batch_size:
+            if tail is None or tail.closed or tail.size + piece > limit:
                 if tail is not None:
                     tail.closed = True
-                if len(queue) >= self.options.max_enqueued_batches:
-                    raise unavailable(
-                        "The batch scheduling queue to which this task was submitted is full"
-                    )
                 tail = _Batch(key, time.monotonic())
                 queue.append(tail)
+            task = _Task({k: feeds[k][offset : offset + piece] for k in key[0]}, piece)
             tail.tasks.append(task)
-            tail.size += size
-            if tail.size >= self.options.max_batch_size:
+            tail.size += piece
+            if tail.size >= limit:
                 tail.closed = True
-            self._cond.notify()
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        return task.result
+            tasks.append(task)
+            offset += piece
+        return tasks
 
     def _ready(self, now: float) -> tuple[_Batch | None, float | None]:
         """The oldest batch that may run now, else the time until one may."""
@@ -148,20 +199,6 @@ class Batcher:
             else:
                 wait = due - now if wait is None else min(wait, due - now)
         return best, wait
-
-    def _worker(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    batch, wait = self._ready(time.monotonic())
-                    if batch is not None:
-                        self._queues[batch.key].popleft()
-                        batch.closed = True
-                        break
-                    if self._stopped:
-                        return
-                    self._cond.wait(wait)
-            self._process(batch)
 
     def _process(self, batch: _Batch) -> None:
         tasks = batch.tasks
@@ -186,18 +223,16 @@ class Batcher:
                     task.error = exc
         finally:
             for task in tasks:
-                task.done.set()
+                task.done = True  # their threads see it when the runner notifies
 
     def stop(self) -> None:
-        """Run what is queued, then end the worker threads."""
+        """Refuse new requests; what is queued is run by the requests waiting for it, now."""
         with self._cond:
             for queue in self._queues.values():
                 for batch in queue:
                     batch.closed = True
             self._stopped = True
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=30)
 
 
 def _is_invalid_input(exc: BaseException) -> bool:

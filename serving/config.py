@@ -61,6 +61,17 @@ class BatchingOptions:
     num_batch_threads: int = CPUS
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
+    # A request larger than the open batch's room is split over batches of at most
+    # max_execution_batch_size rows (default max_batch_size, bundle_factory_util.h).
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int | None = None
+
+    @property
+    def execution_batch_size(self) -> int:
+        """The most rows one model call takes."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size:
+            return self.max_execution_batch_size
+        return self.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -176,10 +187,23 @@ def batching_from_proto(proto, text: str = "", path: str = "<batching>") -> Batc
         num_batch_threads=int(get("num_batch_threads")),
         allowed_batch_sizes=tuple(int(s) for s in proto.allowed_batch_sizes),
         pad_variable_length_inputs=bool(proto.pad_variable_length_inputs),
+        enable_large_batch_splitting=bool(get("enable_large_batch_splitting")),
+        max_execution_batch_size=(
+            int(proto.max_execution_batch_size.value)
+            if proto.HasField("max_execution_batch_size")
+            else None
+        ),
     )
     for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
         if getattr(options, name) <= 0:
             raise ConfigError(f"{path}:{_line_of(text, name)}: {name} must be positive")
+    execution = options.max_execution_batch_size
+    if execution is not None and not 0 < execution <= options.max_batch_size:
+        raise ConfigError(  # session_bundle_config.proto's rule
+            f"{path}:{_line_of(text, 'max_execution_batch_size')}: max_execution_batch_size "
+            f"must be positive and at most max_batch_size ({options.max_batch_size}); "
+            f"received {execution}"
+        )
     sizes = options.allowed_batch_sizes
     if sizes:
         if list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:

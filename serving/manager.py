@@ -171,10 +171,9 @@ class ModelManager:
             return direct, None
 
         def on_batch(size: int, padding: int) -> None:
-            self.metrics.batch_size.labels(name).observe(size)
-            self.metrics.padding_size.labels(name).observe(padding)
+            self.metrics.record_batch(name, size, padding)
 
-        batcher = Batcher(self.batching, direct, on_batch, name=f"batch-{name}-{servable.version}")
+        batcher = Batcher(self.batching, direct, on_batch)
         return batcher.run, batcher
 
     def _load(self, model: ModelState, version: int, path, fingerprint: tuple | None = None):

@@ -6,6 +6,8 @@ port at the monitoring config's path, as TF Serving's PrometheusExporter does.
 
 from __future__ import annotations
 
+import threading
+
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -62,6 +64,14 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.padding_fraction = Gauge(
+            ":xfer:serving:batching_session:padding_fraction",
+            "Padded rows / processed rows over every batch since the model's first batch.",
+            ["model_name"],
+            registry=r,
+        )
+        self._batch_rows: dict[str, list[int]] = {}  # model -> [processed, padding]
+        self._lock = threading.Lock()
         self.model_state = Gauge(
             ":xfer:serving:model_version_state",
             "1 for the current state of each model version (START..END), 0 otherwise.",
@@ -74,6 +84,16 @@ class Metrics:
             ["model_path", "status"],
             registry=r,
         )
+
+    def record_batch(self, model: str, size: int, padding: int) -> None:
+        """One model call on a merged batch of `size` rows, `padding` of them padding."""
+        self.batch_size.labels(model).observe(size)
+        self.padding_size.labels(model).observe(padding)
+        with self._lock:  # batch threads of several versions report at once
+            rows = self._batch_rows.setdefault(model, [0, 0])
+            rows[0] += size
+            rows[1] += padding
+            self.padding_fraction.labels(model).set(rows[1] / rows[0] if rows[0] else 0.0)
 
     def set_state(self, model: str, version: int, state: str) -> None:
         for name in STATES:

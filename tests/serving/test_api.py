@@ -283,39 +283,62 @@ def test_rest_errors(rest_url, method, path, payload, code, fragment):
     assert set(body) == {"error"} and fragment in body["error"]
 
 
-def test_batching_merges_concurrent_requests(stub, images, rest_url):
-    def batch_count_and_sum():
-        text = urllib.request.urlopen(f"{rest_url}/monitoring/prometheus/metrics").read().decode()
-        values = {}
-        for line in text.splitlines():
-            for key in ("_count", "_sum"):
-                prefix = ":tensorflow:serving:batching_session:processed_batch_size" + key
-                if line.startswith(prefix):
-                    values[key] = values.get(key, 0) + float(line.split()[-1])
-        return values.get("_count", 0), values.get("_sum", 0)
+def batching_metrics(rest_url) -> dict[str, float]:
+    """The batching series of the metrics page, summed over their labels."""
+    text = urllib.request.urlopen(f"{rest_url}/monitoring/prometheus/metrics").read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith((":tensorflow:serving:batching_session:", ":xfer:serving:batching")):
+            name = line.split("{")[0].split()[0].rsplit(":", 1)[-1]
+            values[name] = values.get(name, 0) + float(line.split()[-1])
+    return values
 
-    count0, sum0 = batch_count_and_sum()
-    errors, barrier = [], threading.Barrier(8)
+
+def concurrent_predicts(stub, image: bytes, n: int) -> None:
+    errors, barrier = [], threading.Barrier(n)
 
     def one():
         try:
             barrier.wait()
-            stub.Predict(predict_request([images["red"]]), timeout=30)
+            stub.Predict(predict_request([image]), timeout=30)
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
+    threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_batching_merges_concurrent_requests(stub, images, rest_url):
+    def batch_count_and_sum():
+        values = batching_metrics(rest_url)
+        return values["processed_batch_size_count"], values["processed_batch_size_sum"]
+
+    count0, sum0 = batch_count_and_sum()
+    concurrent_predicts(stub, images["red"], 8)
     count, total = batch_count_and_sum()
     batches, rows = count - count0, total - sum0
     assert rows >= 8  # 8 single-image requests (plus padding to 2, 4 or 8)
     assert batches < 8, f"8 concurrent requests ran in {batches} model calls: nothing merged"
     metrics = urllib.request.urlopen(f"{rest_url}/monitoring/prometheus/metrics").read().decode()
     assert ':tensorflow:serving:request_count_total{model_name="shapes",status="OK"}' in metrics
+
+
+def test_padding_to_allowed_sizes_is_counted_and_its_fraction_exported(stub, images, rest_url):
+    before = batching_metrics(rest_url)
+    concurrent_predicts(stub, images["green"], 3)  # however split, 3 rows pad to 2s, 4s or 8s
+    after = batching_metrics(rest_url)
+    rows = after["processed_batch_size_sum"] - before["processed_batch_size_sum"]
+    padding = after["padding_size_sum"] - before["padding_size_sum"]
+    assert rows in (4, 6) and padding == rows - 3  # {3} -> 4; {2, 1} -> 2 + 2; {1, 1, 1} -> 6
+    # The gauge: padded rows / processed rows over every batch since the server started.
+    assert after["padding_fraction"] == pytest.approx(
+        after["padding_size_sum"] / after["processed_batch_size_sum"]
+    )
+    assert after["padding_fraction"] > 0
 
 
 def test_reload_config_moves_a_label_and_refuses_an_unavailable_version(

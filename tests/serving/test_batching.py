@@ -23,7 +23,7 @@ def test_padding_merge_and_split():
             self.feeds = {"x": np.array(rows)}
 
     merged = merge([T([1, 2]), T([3])], 4)
-    assert merged["x"].tolist() == [1, 2, 3, 1]  # padded with the first row
+    assert merged["x"].tolist() == [1, 2, 3, 3]  # padded with the last task's first row
     parts = split([merged["x"] * 10], [2, 1])
     assert [p[0].tolist() for p in parts] == [[10, 20], [30]]
 
@@ -82,4 +82,67 @@ def test_oversized_task_and_full_queue():
     release.set()
     for t in threads:
         t.join()
+    batcher.stop()
+
+
+def doubling(calls: list[int]):
+    def model(feeds, fetches):
+        calls.append(len(feeds["x"]))
+        return [feeds["x"] * 2]
+
+    return model
+
+
+SPLITTING = {"enable_large_batch_splitting": True, "max_execution_batch_size": 2}
+
+
+def test_large_batch_splitting_runs_a_request_in_pieces_and_joins_them():
+    calls: list[int] = []
+    options = BatchingOptions(
+        max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1, **SPLITTING
+    )
+    batcher = Batcher(options, doubling(calls))
+    assert batcher.run({"x": np.arange(5)}, ["y"])[0].tolist() == [0, 2, 4, 6, 8]
+    assert calls == [2, 2, 1]  # max_execution_batch_size rows a call, in order
+    with pytest.raises(ServingError, match="larger than maximum input batch size 8"):
+        batcher.run({"x": np.arange(9)}, ["y"])  # max_batch_size still bounds a request
+    batcher.stop()
+
+
+def test_a_split_request_first_fills_the_open_batch():
+    calls: list[int] = []
+    options = BatchingOptions(
+        max_batch_size=8, batch_timeout_micros=500_000, num_batch_threads=1, **SPLITTING
+    )
+    batcher = Batcher(options, doubling(calls))
+    alone = {}
+    waiting = threading.Thread(
+        target=lambda: alone.update(y=batcher.run({"x": np.array([7])}, ["y"])[0].tolist())
+    )
+    waiting.start()
+    time.sleep(0.1)  # the 1-row request waits in the open batch (timeout 0.5 s)
+    assert batcher.run({"x": np.array([1, 2, 3])}, ["y"])[0].tolist() == [2, 4, 6]
+    waiting.join()
+    assert alone["y"] == [14]
+    assert calls == [2, 2]  # [7, 1] filled the open batch; [2, 3] the next one
+    batcher.stop()
+
+
+def test_splitting_refuses_a_request_the_queue_has_no_room_for():
+    release = threading.Event()
+
+    def slow(feeds, fetches):
+        release.wait(10)
+        return [feeds["x"]]
+
+    options = BatchingOptions(
+        max_batch_size=8, max_enqueued_batches=2, num_batch_threads=1, **SPLITTING
+    )
+    batcher = Batcher(options, slow)
+    with pytest.raises(ServingError) as info:
+        batcher.run({"x": np.arange(5)}, ["y"])  # room: 2 batches x 2 rows
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "queue to which this task was submitted is full" in info.value.message
+    release.set()
+    assert batcher.run({"x": np.arange(4)}, ["y"])[0].tolist() == [0, 1, 2, 3]
     batcher.stop()

@@ -120,3 +120,19 @@ def test_version_policies():
     assert aspired_versions([1, 5, 3], VersionPolicy("all")) == [1, 3, 5]
     assert aspired_versions([1, 5, 3], VersionPolicy("specific", versions=(3, 4))) == [3]
     assert aspired_versions([], VersionPolicy()) == []
+
+
+def test_large_batch_splitting_options(tmp_path):
+    path = tmp_path / "batching.config"
+    path.write_text(
+        "max_batch_size { value: 32 }\n"
+        "enable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 4 }\n"
+    )
+    options = load_batching_file(str(path))
+    assert options.enable_large_batch_splitting and options.execution_batch_size == 4
+    path.write_text("max_batch_size { value: 32 }\nmax_execution_batch_size { value: 64 }\n")
+    with pytest.raises(ConfigError, match=r"batching.config:2: max_execution_batch_size must"):
+        load_batching_file(str(path))
+    path.write_text("max_batch_size { value: 32 }\nmax_execution_batch_size { value: 4 }\n")
+    assert load_batching_file(str(path)).execution_batch_size == 32  # only with splitting on

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from serving.batch_tuning import Choice
 from serving.config import (
     BatchingOptions,
     ConfigError,
@@ -9,7 +10,8 @@ from serving.config import (
     load_batching_file,
     load_model_config_file,
 )
-from serving.deploy_configs import DeployConfig, main, write_configs
+from serving.deploy_configs import DeployConfig, main, with_choice, write_configs
+from serving.flags import CPUS
 
 ROOT = Path(__file__).parents[2]
 
@@ -42,15 +44,19 @@ def test_specific_policy_pins_the_published_versions_and_labels(tmp_path):
     assert model.base_path == "/models/flowers"
     assert model.policy == VersionPolicy("specific", versions=(1, 2, 4))
     assert model.labels == {"stable": 2, "canary": 4}
-    # The batching file carries DeployConfig's settings, not the scheduler's defaults.
+    # The batching defaults (docs/serving.md#batching): no padding, no waiting for company,
+    # 4 batches at once, requests of up to 32 images (xfer-score's default batch).
     batching = load_batching_file(str(tmp_path / "out" / "batching.config"))
     assert batching == BatchingOptions(
         max_batch_size=32,
-        batch_timeout_micros=2000,
+        batch_timeout_micros=0,
         max_enqueued_batches=100,
         num_batch_threads=4,
-        allowed_batch_sizes=(8, 16, 32),
+        allowed_batch_sizes=(),
     )
+    # None leaves the field out: the server's own default, its number of cores.
+    write_configs(DeployConfig("m", "/models/m", num_batch_threads=None), tmp_path / "cores")
+    assert load_batching_file(str(tmp_path / "cores" / "batching.config")).num_batch_threads == CPUS
 
 
 def test_a_label_must_point_at_a_published_version(tmp_path):
@@ -66,3 +72,23 @@ def test_a_label_must_point_at_a_published_version(tmp_path):
 def test_cli_usage_error_exits_2(tmp_path, capsys):
     assert main(["--model-name", "m", "--policy", "specific", "--out", str(tmp_path)]) == 2
     assert "give --published" in capsys.readouterr().err
+
+
+def choice(max_batch: int, allowed: tuple[int, ...] = ()) -> Choice:
+    return Choice(max_batch, 1, 0, allowed, max_batch, 100.0, 50.0, 80.0, 1.0, 20.0)
+
+
+def test_a_tuned_batch_below_the_largest_request_splits_requests(tmp_path):
+    small = with_choice(DeployConfig("m", "/models/m"), choice(4, (2, 4)))
+    write_configs(small, tmp_path / "small")
+    options = load_batching_file(str(tmp_path / "small" / "batching.config"))
+    # Requests of up to 32 images are still accepted, run in batches of at most 4 rows; the
+    # allowed sizes end at max_batch_size, as TF Serving requires.
+    assert (options.max_batch_size, options.execution_batch_size) == (32, 4)
+    assert options.enable_large_batch_splitting
+    assert options.allowed_batch_sizes == (2, 4, 32)
+    large = with_choice(DeployConfig("m", "/models/m"), choice(64))
+    write_configs(large, tmp_path / "large")
+    options = load_batching_file(str(tmp_path / "large" / "batching.config"))
+    assert (options.max_batch_size, options.execution_batch_size) == (64, 64)
+    assert not options.enable_large_batch_splitting
