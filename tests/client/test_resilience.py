@@ -189,7 +189,7 @@ class AuthForwarder(grpc.GenericRpcHandler):
     def __init__(self, upstream: grpc.Channel, token: str):
         self.upstream = upstream
         self.token = token
-        self.seen = 0
+        self.seen: dict[str, int] = {}  # method's last path part -> calls let through
 
     def service(self, details):
         method = details.method
@@ -198,7 +198,8 @@ class AuthForwarder(grpc.GenericRpcHandler):
         def forward(request: bytes, context):
             if metadata.get("authorization") != f"Bearer {self.token}":
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-            self.seen += 1
+            name = method.rsplit("/", 1)[-1]
+            self.seen[name] = self.seen.get(name, 0) + 1
             call = self.upstream.unary_unary(method)
             try:
                 return call(request, timeout=context.time_remaining())
@@ -224,7 +225,10 @@ def test_tls_with_self_signed_certificate_and_auth_header(target, good_images, t
                              output=str(out), root_certs=str(cert), batch_size=5,
                              auth_header=["Authorization: Bearer s3cret"], quiet=True)  # fmt: skip
         summary = run(config)
-        assert summary.scored == 12 and handler.seen == 3
+        # 3 Predict calls (12 images, batches of 5) and the client's GetModelMetadata (which
+        # outputs the model has), every one through the token check
+        assert summary.scored == 12 and handler.seen.get("Predict") == 3, handler.seen
+        assert set(handler.seen) <= {"Predict", "GetModelMetadata"}, handler.seen
         assert {r["uri"] for r in rows_of(out)} == set(inputs)
         # without the token the proxy refuses: the run stops, nothing is written
         from client.scorer import ScoringAborted
