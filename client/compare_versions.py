@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import tyro
 
+from client.atomicfile import atomic_write
 from client.cliargs import parse
-from client.figures import atomic_write, pyplot, save_figure
+from client.figures import pyplot, save_figure
 from client.inputs import canonical_uri
 from client.output import read_rows
 

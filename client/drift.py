@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import tyro
 
+from client.atomicfile import atomic_write
 from client.cliargs import parse
 from client.drift_stats import (
     Thresholds,
@@ -32,7 +33,7 @@ from client.drift_stats import (
     summarise,
     windows_by_rows,
 )
-from client.figures import atomic_write, pyplot, save_figure
+from client.figures import pyplot, save_figure
 from client.output import read_rows
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 
 import tyro
 
+from client.atomicfile import atomic_write
 from client.cliargs import parse
-from client.figures import atomic_write, save_figure
+from client.figures import save_figure
 from client.inputs import read_bytes
 from client.output import read_rows
 

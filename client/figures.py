@@ -1,29 +1,11 @@
-"""What the client's reports write: whole files atomically, and matplotlib figures as PNGs
-(Agg canvas, no display). Shared by xfer-evaluate and xfer-compare-versions."""
+"""matplotlib figures as PNGs (Agg canvas, no display), written atomically. Shared by
+xfer-evaluate, xfer-compare-versions and xfer-drift."""
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Temp file, fsync, rename: a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from client.atomicfile import atomic_write
 
 
 def pyplot():

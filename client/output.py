@@ -17,9 +17,9 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 
+from client.atomicfile import atomic_file
 from client.inputs import canonical_uri
 from client.retry import RETRYABLE
 
@@ -146,30 +146,11 @@ def _csv_record(cells: list[str]) -> bytes:
 
 
 def _rewrite_without_transient_rows(path: str, fmt: str) -> None:
-    """Atomically: a temporary file beside `path` with every record but the transient-error
-    rows, fsynced, given the file's mode, renamed over it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".resume", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), stat.S_IMODE(os.stat(path).st_mode))
-            for record, row in _records(path, fmt):
-                if row is None or not is_transient(row):
-                    out.write(record)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+    """Atomically, keeping the file's mode: every record but the transient-error rows."""
+    with atomic_file(path, stat.S_IMODE(os.stat(path).st_mode)) as out:
+        for record, row in _records(path, fmt):
+            if row is None or not is_transient(row):
+                out.write(record)
 
 
 def prepare_resume(path: str, fmt: str) -> set[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 from importscan import other_stages_imported
 
+from client.atomicfile import atomic_file, atomic_write
 from client.batching import REQUEST_OVERHEAD, batches, fits_alone, request_bytes
 from client.config import ScoreConfig
 from client.inputs import InputNotFound, canonical_uri, check_inputs, iter_items
@@ -481,3 +483,18 @@ def test_ood_outputs_asked_for_only_when_the_signature_has_them():
     assert fields(score, flag, 1) == {"ood_score": 90.0, "is_ood": True}
     assert from_columns({"labels": [["a"]]}) == (None, None)
     assert fields(None, None, 0) == {}
+
+
+def test_atomic_files_follow_the_umask_and_leave_nothing_on_failure(tmp_path):
+    target = tmp_path / "report.json"
+    previous = os.umask(0o027)
+    try:
+        atomic_write(str(target), b"first")
+    finally:
+        os.umask(previous)
+    assert target.read_bytes() == b"first" and target.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(RuntimeError, match="midway"), atomic_file(str(target)) as out:
+        out.write(b"half of a second")
+        raise RuntimeError("midway")
+    assert target.read_bytes() == b"first"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary left

@@ -138,13 +138,17 @@ def test_testGetModelMetadata(default_server, half_plus_two):
     assert "signature_def" in result.metadata
 
 
+def _x_is_two(request, signature: str):
+    """A Classify or Regress request to model "default" with one example, x = 2.0."""
+    request.model_spec.name = "default"
+    request.model_spec.signature_name = signature
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.extend([2.0])
+    return request
+
+
 def _test_classify(launcher, model_path: Path) -> None:
     address = launcher.run_server(["--model_name=default", f"--model_base_path={model_path}"]).grpc
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = "default"
-    request.model_spec.signature_name = "classify_x_to_y"
-    example = request.input.example_list.examples.add()
-    example.features.feature["x"].float_list.value.extend([2.0])
+    request = _x_is_two(classification_pb2.ClassificationRequest(), "classify_x_to_y")
     with grpc.insecure_channel(address) as channel:
         result = prediction_stub(channel).Classify(request, RPC_TIMEOUT)
     assert len(result.result.classifications) == 1
@@ -163,11 +167,7 @@ def test_testClassifyTf2(launcher, half_plus_two_tf2):
 
 def _test_regress(launcher, model_path: Path) -> None:
     address = launcher.run_server(["--model_name=default", f"--model_base_path={model_path}"]).grpc
-    request = regression_pb2.RegressionRequest()
-    request.model_spec.name = "default"
-    request.model_spec.signature_name = "regress_x_to_y"
-    example = request.input.example_list.examples.add()
-    example.features.feature["x"].float_list.value.extend([2.0])
+    request = _x_is_two(regression_pb2.RegressionRequest(), "regress_x_to_y")
     with grpc.insecure_channel(address) as channel:
         result = prediction_stub(channel).Regress(request, RPC_TIMEOUT)
     assert len(result.result.regressions) == 1
