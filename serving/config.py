@@ -297,8 +297,13 @@ class ReloadPolicy:
     roots: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, allowed: bool, models: list[ModelConfig]) -> ReloadPolicy:
-        return cls(allowed, tuple(sorted({canonical_base_path(m.base_path) for m in models})))
+    def of(
+        cls, allowed: bool, models: list[ModelConfig], extra_roots: tuple[str, ...] = ()
+    ) -> ReloadPolicy:
+        """The start-up base paths, plus `extra_roots` (--reload_config_base_path_roots) for
+        models a reload may add that the server did not start with."""
+        paths = [m.base_path for m in models] + list(extra_roots)
+        return cls(allowed, tuple(sorted({canonical_base_path(p) for p in paths})))
 
     def check(self, models: list[ModelConfig]) -> None:
         if not self.allowed:
@@ -313,8 +318,20 @@ class ReloadPolicy:
                 raise ServingError(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"model {model.name!r}: base_path {model.base_path!r} is not under a base "
-                    f"path this server was started with ({', '.join(self.roots)})",
+                    f"path this server was started with ({', '.join(self.roots) or 'none'}; "
+                    "--reload_config_base_path_roots adds more)",
                 )
+
+
+def reload_roots(text: str) -> tuple[str, ...]:
+    """`--reload_config_base_path_roots=/models,gs://bucket/models`: absolute paths or URIs."""
+    roots = tuple(filter(None, (r.strip() for r in text.split(","))))
+    for root in roots:
+        if not is_absolute_base_path(root):
+            raise ConfigError(
+                f"--reload_config_base_path_roots: {root!r} is not an absolute path or URI"
+            )
+    return roots
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, object]]:
@@ -386,5 +403,6 @@ def resolve(flags: ServerFlags) -> ServingConfig:
         *parse_channel_arguments(flags.grpc_channel_arguments),
     ]
     ssl = load_ssl_file(flags.ssl_config_file) if flags.ssl_config_file else None
-    reload = ReloadPolicy.of(flags.allow_reload_config_requests, models)
+    roots = reload_roots(flags.reload_config_base_path_roots)
+    reload = ReloadPolicy.of(flags.allow_reload_config_requests, models, roots)
     return ServingConfig(flags, models, batching, monitoring, channel, ssl, reload)

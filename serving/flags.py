@@ -121,6 +121,11 @@ class ServerFlags:
         "accept ModelService/HandleReloadConfigRequest, and then only base paths under those the "
         "server started with; refused (PERMISSION_DENIED) by default (not a TF Serving flag)",
     )
+    reload_config_base_path_roots: str = _flag(
+        "",
+        "comma-separated absolute paths or URIs under which a HandleReloadConfigRequest may also "
+        "place base paths, besides those the server started with (not a TF Serving flag)",
+    )
     grpc_socket_path: str = _flag(
         "", "also serve gRPC on this Unix domain socket (as TF Serving: unix:<path>)"
     )

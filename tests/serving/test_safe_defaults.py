@@ -143,6 +143,27 @@ def test_reload_policy_confines_base_paths(tmp_path):
         ReloadPolicy.of(False, [_model("flowers", str(root))]).check([])
 
 
+def test_reload_roots_add_places_a_reload_may_use(tmp_path):
+    from serving.config import ConfigError, ReloadPolicy, reload_roots
+
+    started, extra = tmp_path / "started", tmp_path / "shared-models"
+    for path in (started, extra / "daisies"):
+        path.mkdir(parents=True)
+    roots = reload_roots(f" {extra} ,gs://bucket/models,")
+    assert roots == (str(extra), "gs://bucket/models")
+    policy = ReloadPolicy.of(True, [_model("a", str(started))], roots)
+    policy.check([_model("daisies", str(extra / "daisies")), _model("a", str(started))])
+    policy.check([_model("g", "gs://bucket/models/./g")])
+    for bad in (str(tmp_path), "gs://bucket/other", f"{extra}/../elsewhere"):
+        with pytest.raises(ServingError, match="--reload_config_base_path_roots adds more"):
+            policy.check([_model("x", bad)])
+    with pytest.raises(ConfigError, match="'models' is not an absolute path"):
+        reload_roots("models")
+    empty = ReloadPolicy.of(True, [], ())  # started with no model: a reload may add none
+    with pytest.raises(ServingError, match=r"started with \(none;"):
+        empty.check([_model("a", str(started))])
+
+
 def _model(name, base_path):
     from serving.config import ModelConfig
 

@@ -29,19 +29,10 @@ from tfs_harness import RPC_TIMEOUT
 MODEL = "test_model"
 VERSION, LARGER_VERSION, BOGUS_VERSION = 123, 124, 777
 ASPIRED_VERSIONS = [VERSION, LARGER_VERSION]
-RELOAD = ("--allow_reload_config_requests",)  # the local server's opt-in; TF Serving needs none
+RELOAD = "--allow_reload_config_requests"  # the local server's opt-in; TF Serving needs none
+ROOTS = "--reload_config_base_path_roots={}"  # and where a reload may place base paths (ours)
 INTERNAL = "internal C++ option: ServerCore::Options.{} has no tensorflow_model_server flag"
 STATES = get_model_status_pb2.ModelVersionStatus
-CONFINED = (
-    "deliberate difference (docs/serving.md, Safe by default): the local server confines "
-    "HandleReloadConfigRequest to base paths under those it started with"
-)
-
-
-def differs_locally(request, launcher, reason: str) -> None:
-    """On the local server this case must fail, for the documented reason (strict xfail)."""
-    if launcher.local:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 def model_config(base_path: Path, name: str = MODEL, extra: str = "") -> str:
@@ -120,13 +111,15 @@ def _code(value: int) -> int:
 
 
 @pytest.fixture
-def create(launcher, tmp_path):
-    """CreateServerCore(config[, flags]): a server of its own for the test."""
+def create(launcher, tmp_path, testdata):
+    """CreateServerCore(config[, flags]): a server of its own for the test. The local server is
+    told that reloads may use any of upstream's test models (TF Serving allows any path)."""
+    local = (RELOAD, ROOTS.format(testdata))
 
     def start(text: str, *flags: str) -> Core:
         path = tmp_path / f"models-{len(list(tmp_path.iterdir()))}.config"
         path.write_text(text)
-        return Core(launcher.run_server([f"--model_config_file={path}", *flags], local_args=RELOAD))
+        return Core(launcher.run_server([f"--model_config_file={path}", *flags], local_args=local))
 
     return start
 
@@ -164,10 +157,7 @@ def test_ServerCoreTest_CreateWaitsTillModelsAvailable(create, half_plus_two):
     assert (state, code) == ("AVAILABLE", 0)
 
 
-def test_ServerCoreTest_ReloadConfigWaitsTillModelsAvailable(
-    create, half_plus_two, request, launcher
-):
-    differs_locally(request, launcher, CONFINED + " (none here)")
+def test_ServerCoreTest_ReloadConfigWaitsTillModelsAvailable(create, half_plus_two):
     core = create("model_config_list {}\n")
     code, message = core.reload_config(model_config(half_plus_two))
     assert code == grpc.StatusCode.OK, message
@@ -192,10 +182,7 @@ def test_ServerCoreTest_ReloadConfigHandlesLoadingAPreviouslyUnloadedModel(creat
     assert core.available() == [VERSION]
 
 
-def test_ServerCoreTest_ReloadConfigChangeModelBasePath(
-    create, half_plus_two, testdata, request, launcher
-):
-    differs_locally(request, launcher, CONFINED)
+def test_ServerCoreTest_ReloadConfigChangeModelBasePath(create, half_plus_two, testdata):
     one_version = model_config(half_plus_two)
     core = create(one_version)
     assert core.available() == [VERSION]
