@@ -7,6 +7,9 @@ Servers are started with RunServer's flags (tfs_harness.py) and shared by their 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -494,12 +497,44 @@ def verify_predict_request_named(address, alias, expected_output, expected_versi
     verify_model_spec(result.model_spec, "default", DEFAULT_SIGNATURE, expected_version)
 
 
-@pytest.mark.skip(
-    reason="harness: tf.distribute.MirroredStrategy over two virtual CPUs must be configured "
-    "before TensorFlow initialises, and the test session has already initialised it"
-)
-def test_test_distrat_sequential_keras_saved_model_save():
-    """A Keras model saved under MirroredStrategy('/cpu:0', '/cpu:1')."""
+DISTRAT_SAVE = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+strategy = tf.distribute.MirroredStrategy(devices=("/cpu:0", "/cpu:1"))
+with strategy.scope():
+    model = keras.Sequential([
+        keras.Input(dtype="float32", shape=(1,), name="x"),
+        keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros"),
+        keras.layers.Lambda(lambda x: x, name="y"),
+    ])
+assert strategy.num_replicas_in_sync == 2
+if hasattr(model, "export"):  # Keras 3: tf.saved_model.save(model) is model.export
+    model.export(sys.argv[1], format="tf_saved_model", verbose=False)
+else:
+    tf.saved_model.save(model, sys.argv[1])
+"""
+
+
+def test_test_distrat_sequential_keras_saved_model_save(launcher, tmp_path_factory):
+    """Saved in a process of its own: SetVirtualCpus(2) must come before TensorFlow starts,
+    and this test session's TensorFlow has started."""
+    base_path, export_path = _tf2_base(
+        tmp_path_factory, "keras_sequential_saved_model_save_distrat"
+    )
+    saved = subprocess.run(
+        [sys.executable, "-c", DISTRAT_SAVE, str(export_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    address = launcher.run_server(["--model_name=default", f"--model_base_path={base_path}"]).grpc
+    request_input = _only_input_alias(address)
+    verify_predict_request_named(address, request_input, expected_output=2.0, expected_version=123)
 
 
 @pytest.mark.skip(reason="out of scope: the TensorFlow profiler service (--enable_profiler)")
