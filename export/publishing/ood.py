@@ -82,8 +82,14 @@ def scores(detector: OodDetector, features: np.ndarray) -> np.ndarray:
     """ood_score of each row, in float64: what the graph computes in float32."""
     z = np.asarray(features, np.float64) @ detector.whitening.astype(np.float64)
     means = detector.means.astype(np.float64)
-    distances = ((z[:, None, :] - means[None, :, :]) ** 2).sum(axis=-1)
-    return distances.min(axis=1) if len(z) else np.zeros(0)
+    return np.maximum(squared_distances(z, means).min(axis=1), 0.0) if len(z) else np.zeros(0)
+
+
+def squared_distances(z: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """‖z − μ‖² of every row to every mean, [N, K], as ‖z‖² − 2 z·μ + ‖μ‖²: memory N·K, not
+    the N·K·D of subtracting (a validation split of 10,000 images and 100 classes of 1,280
+    features would be 10 GB)."""
+    return (z**2).sum(axis=1)[:, None] - 2.0 * (z @ means.T) + (means**2).sum(axis=1)[None, :]
 
 
 def calibrate(detector: OodDetector, features: np.ndarray, fpr: float, split: str) -> OodDetector:

@@ -72,9 +72,17 @@ def _ood_outputs(detector: OodDetector):
     threshold = tf.constant(detector.threshold, tf.float32)
 
     def outputs(features):
+        # The nearest mean from the expanded form ([N, K] memory, not [N, K, D]), then its
+        # distance by subtraction: float32 cancellation in ‖z‖² − 2 z·μ + ‖μ‖² could move a
+        # score by more than the gate's tolerance, a near tie in the argmin cannot.
         z = tf.matmul(features, whitening)
-        distances = tf.reduce_sum(tf.square(z[:, None, :] - means[None, :, :]), axis=-1)
-        score = tf.reduce_min(distances, axis=1)
+        expanded = (
+            tf.reduce_sum(tf.square(z), axis=1, keepdims=True)
+            - 2.0 * tf.matmul(z, means, transpose_b=True)
+            + tf.reduce_sum(tf.square(means), axis=1)[None, :]
+        )
+        nearest = tf.gather(means, tf.argmin(expanded, axis=1))
+        score = tf.reduce_sum(tf.square(z - nearest), axis=1)
         return {OOD_SCORE: score, IS_OOD: score > threshold}
 
     return outputs

@@ -68,3 +68,29 @@ def test_calibrate_refuses_a_bad_rate_or_no_images():
         ood.calibrate(detector, x, 0.0, "validation")
     with pytest.raises(ValueError, match="no validation images"):
         ood.calibrate(detector, x[:0], 0.01, "validation")
+
+
+def test_graph_and_numpy_scores_match_subtraction_on_many_classes():
+    """Both forms avoid the [N, K, D] difference; both must equal it (1,280 features, as
+    EfficientNet-Lite0's, 200 classes, rows near a mean, far away and tied between two)."""
+    import tensorflow as tf
+
+    from export.publishing.savedmodel import _ood_outputs
+
+    rng = np.random.default_rng(1)
+    d, k = 1280, 200
+    means = rng.normal(0, 3, (k, d))
+    y = rng.integers(0, k, 1500)
+    fitted = ood.fit(means[y] + rng.normal(0, 1, (1500, d)), y, k)
+    detector = ood.calibrate(fitted, means[y[:300]] + rng.normal(0, 1, (300, d)), 0.01, "val")
+    probes = np.concatenate([
+        means[:20] + rng.normal(0, 1, (20, d)),
+        rng.normal(0, 30, (10, d)),
+        (means[:5] + means[5:10]) / 2,
+    ])  # fmt: skip
+    z = probes @ detector.whitening.astype(np.float64)
+    subtracted = ((z[:, None, :] - detector.means[None].astype(np.float64)) ** 2).sum(-1).min(1)
+    assert ood.scores(detector, probes) == pytest.approx(subtracted, rel=1e-9)
+    graph = _ood_outputs(detector)(tf.constant(probes, tf.float32))
+    assert graph["ood_score"].numpy() == pytest.approx(subtracted, rel=1e-5)
+    assert list(graph["is_ood"].numpy()) == list(subtracted > detector.threshold)
