@@ -11,7 +11,8 @@ from testconfig import MODEL
 from client.cli import main as score
 from client.compare_versions import main as compare
 
-PRIMARY_KEYS = {"uri", "label", "labels", "scores", "model_version", "ood_score", "is_ood"}
+PRIMARY_KEYS = {"uri", "label", "labels", "scores", "model_version", "ood_score", "is_ood",
+                "scored_at", "mtime"}  # fmt: skip
 
 
 def rows_of(path: Path) -> list[dict]:
