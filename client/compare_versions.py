@@ -5,8 +5,9 @@ One file: rows of `xfer-score --shadow-version`, the primary answer (A) against 
 files: rows of two scoring runs, matched by image (canonical URI). Compares the pairs where both
 answered: top-1 agreement, the flips per class pair (A's top-1 → B's top-1), the score shift (B's
 top-1 score minus A's; and B's score of A's top-1 label minus A's top-1 score), the images that
-flipped most, and accuracy of both when rows carry a `label`. Writes the JSON to stdout (and
-`--out`) and a PNG: the flip matrix and the score shift histogram.
+flipped most, accuracy of both when rows carry a `label`, and the OOD rate of both when their
+answers carry `is_ood`. Writes the JSON to stdout (and `--out`) and a PNG: the flip matrix and
+the score shift histogram.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Answer:
     labels: list[str]
     scores: list[float]
     version: int | None
+    is_ood: bool | None = None  # None: the version has no OOD detector (or an older client)
+    ood_score: float | None = None
 
     def score_of(self, label: str) -> float | None:
         """The score of `label`, None when it is not among the top-k written."""
@@ -61,7 +64,14 @@ class Answer:
 def _answer(row: dict | None) -> Answer | None:
     if not isinstance(row, dict) or "error" in row or not row.get("labels"):
         return None
-    return Answer(list(row["labels"]), [float(s) for s in row["scores"]], row.get("model_version"))
+    flag, score = row.get("is_ood"), row.get("ood_score")
+    return Answer(
+        list(row["labels"]),
+        [float(s) for s in row["scores"]],
+        row.get("model_version"),
+        None if flag is None else bool(flag),
+        None if score is None else float(score),
+    )
 
 
 Pair = tuple[str, "str | None", "Answer", "Answer"]  # uri, true label, A's answer, B's answer
@@ -118,6 +128,47 @@ def stats(values: list[float]) -> dict:
     return {k: v if k == "count" else round(float(v), 6) for k, v in out.items()}
 
 
+class OodTally:
+    """The OOD flags of both answers: each side's rate over its rows that carry `is_ood`, and the
+    images where both do, crossed (flagged by A only, by B only, by both)."""
+
+    def __init__(self):
+        self.sides = {side: Counter() for side in "ab"}
+        self.scores: dict[str, list[float]] = {"a": [], "b": []}
+        self.paired: Counter = Counter()
+
+    def add(self, a: Answer, b: Answer) -> None:
+        for side, answer in (("a", a), ("b", b)):
+            if answer.is_ood is not None:
+                self.sides[side]["rows"] += 1
+                self.sides[side]["flagged"] += answer.is_ood
+            if answer.ood_score is not None:
+                self.scores[side].append(answer.ood_score)
+        if a.is_ood is not None and b.is_ood is not None:
+            self.paired["rows"] += 1
+            self.paired["a_flagged"] += a.is_ood
+            self.paired["b_flagged"] += b.is_ood
+            self.paired["both"] += a.is_ood and b.is_ood
+            self.paired["a_only"] += a.is_ood and not b.is_ood
+            self.paired["b_only"] += b.is_ood and not a.is_ood
+
+    def as_dict(self) -> dict:
+        def side(name: str) -> dict:
+            rows, flagged = self.sides[name]["rows"], self.sides[name]["flagged"]
+            scores = self.scores[name]
+            return {
+                "rows": rows,
+                "flagged": flagged,
+                "rate": flagged / rows if rows else None,
+                "mean_score": round(sum(scores) / len(scores), 6) if scores else None,
+            }
+
+        n = self.paired["rows"]
+        difference = (self.paired["b_flagged"] - self.paired["a_flagged"]) / n if n else None
+        paired = {k: self.paired[k] for k in ("rows", "both", "a_only", "b_only")}
+        return {"a": side("a"), "b": side("b"), "paired": {**paired, "rate_difference": difference}}
+
+
 def compare(pairs: Iterable[Pair], top_flips: int = 20) -> dict:
     """The comparison of (uri, label, A, B) pairs."""
     compared = agreed = 0
@@ -126,8 +177,10 @@ def compare(pairs: Iterable[Pair], top_flips: int = 20) -> dict:
     versions_b: Counter = Counter()
     top1_shift, label_shift, flipped = [], [], []
     hits_a = hits_b = labelled = outside = 0
+    ood = OodTally()
     for uri, label, a, b in pairs:
         compared += 1
+        ood.add(a, b)
         versions_a[str(a.version)] += 1
         versions_b[str(b.version)] += 1
         transitions[(a.labels[0], b.labels[0])] += 1
@@ -186,6 +239,7 @@ def compare(pairs: Iterable[Pair], top_flips: int = 20) -> dict:
             "a_label": {**stats(label_shift), "outside_b_top_k": outside},
         },
         "top_flips": flipped[:top_flips],
+        "ood": ood.as_dict(),
     }
 
 
@@ -219,7 +273,12 @@ def plot(report: dict, top1_shift: list[float], path: str) -> None:
     right.axvline(0, color="black", linewidth=0.8)
     right.set_xlabel("B's top-1 score − A's top-1 score")
     right.set_ylabel("images")
-    right.set_title("score shift")
+    rates = {side: report["ood"][side]["rate"] for side in "ab"}
+    if any(rate is not None for rate in rates.values()):
+        shown = {k: "n/a" if v is None else f"{v:.2%}" for k, v in rates.items()}
+        right.set_title(f"score shift (OOD rate A {shown['a']}, B {shown['b']})")
+    else:
+        right.set_title("score shift")
     save_figure(fig, path)
 
 

@@ -1,15 +1,16 @@
 """`xfer-drift SCORED.jsonl [--baseline BOTTLENECKS_DIR]`: has the traffic drifted away from what
 the model was trained on?
 
-Cuts the scored rows into windows of `--window-rows` consecutive rows, in the file's order (rows
-carry no time: xfer-score appends them in completion order). Per window: the OOD rate (rows with
-`is_ood` true among the rows that carry it; null when none does), the top-1 class distribution
-against the reference priors (total-variation distance, and Pearson's chi-square with its p-value)
-and the histogram of the top-1 scores. The reference: the training split's class counts in a
-bottlenecks directory's metadata.json (`--baseline`), the top-1 distribution of a reference scored
-file (`--baseline-rows`), or else the first window. Prints the JSON; `--out DIR` also writes
-drift.json and drift.png. Exit 4 when a window crosses a threshold set by `--max-ood-rate`,
-`--max-tv` or `--min-p-value`, so that a scheduled job can alert.
+Cuts the scored rows into windows of `--window-rows` consecutive rows in the file's order, or with
+`--window-by scored_at` (when xfer-score decided the row) or `--window-by mtime` (the image
+file's modification time) into windows of `--window-minutes`, aligned on the epoch. Per window:
+the OOD rate (rows with `is_ood` true among the rows that carry it; null when none does), the
+top-1 class distribution against the reference priors (total-variation distance, and Pearson's
+chi-square with its p-value) and the histogram of the top-1 scores. The reference: the training
+split's class counts in a bottlenecks directory's metadata.json (`--baseline`), the top-1
+distribution of a reference scored file (`--baseline-rows`), or else the first window. Prints the
+JSON; `--out DIR` also writes drift.json and drift.png. Exit 4 when a window crosses a threshold
+set by `--max-ood-rate`, `--max-tv` or `--min-p-value`, so that a scheduled job can alert.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import tyro
 
@@ -32,9 +34,10 @@ from client.drift_stats import (
     priors_of,
     summarise,
     windows_by_rows,
+    windows_by_time,
 )
 from client.figures import pyplot, save_figure
-from client.output import read_rows
+from client.output import TIME_FIELDS, parse_timestamp, read_rows
 
 log = logging.getLogger(__name__)
 PROG = "xfer-drift"
@@ -61,7 +64,18 @@ class DriftConfig:
         default="",
         metadata={"help": "a reference scored file: its top-1 distribution is the priors"},
     )
+    window_by: Literal["rows", "scored_at", "mtime"] = field(
+        default="rows",
+        metadata={
+            "help": "rows: --window-rows consecutive rows; scored_at or mtime: windows of "
+            "--window-minutes by that field of the rows (when scored; the image file's time)"
+        },
+    )
     window_rows: int = field(default=1000, metadata={"help": "rows per window, in file order"})
+    window_minutes: float = field(
+        default=60.0,
+        metadata={"help": "minutes per time window (aligned on the epoch: 60 is on the hour, UTC)"},
+    )
     bins: int = field(default=10, metadata={"help": "bins of the confidence histogram over [0, 1]"})
     max_ood_rate: float | None = field(
         default=None, metadata={"help": "exit 4 when a window's OOD rate is above this"}
@@ -137,6 +151,50 @@ def priors_from_rows(path: str) -> tuple[dict[str, float], dict]:
     return priors_of(window.predicted), {"kind": "rows", "source": path, "rows": window.scored}
 
 
+def timed_rows(path: str, key: str, counts: dict) -> Iterator[tuple[int, float, dict]]:
+    """(line, `key`'s time, row) of the rows that carry `key`; the others are counted in
+    `counts["untimed"]` (e.g. unreadable files have no mtime). No row with it is an InputError:
+    a file scored before rows carried times."""
+    timed = 0
+    for line, row in numbered_rows(path):
+        value = row.get(key)
+        if value in (None, ""):
+            counts["untimed"] += 1
+            counts.setdefault("first_untimed_line", line)
+            continue
+        try:
+            moment = parse_timestamp(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}:{line}: {key} {value!r} is not an ISO-8601 time") from None
+        timed += 1
+        yield line, moment, row
+    if not timed and counts["untimed"]:
+        raise InputError(
+            f"{path}: no row has the field {key!r} that --window-by {key} needs (written by "
+            f"xfer-score since rows carry {' and '.join(TIME_FIELDS)}; mtime only for local "
+            "files): score again, or use --window-by rows"
+        )
+
+
+def windows(config: DriftConfig) -> tuple[Iterator[Window] | list[Window], dict]:
+    """The windows of the scored file, and the report's `window` section."""
+    if config.window_by == "rows":
+        found = windows_by_rows(numbered_rows(config.scored), config.window_rows, config.bins)
+        return found, {"by": "rows", "rows": config.window_rows}
+    section = {"by": config.window_by, "minutes": config.window_minutes, "untimed": 0}
+    rows = timed_rows(config.scored, config.window_by, section)
+    found = windows_by_time(rows, config.window_minutes * 60, config.bins)
+    if section["untimed"]:
+        log.warning(
+            "%s: %d row(s) without %s (the first on line %d) are in no window",
+            config.scored,
+            section["untimed"],
+            config.window_by,
+            section["first_untimed_line"],
+        )
+    return found, section
+
+
 def drift(config: DriftConfig) -> dict:
     """The report: the reference, every window's summary and the thresholds crossed."""
     limits = Thresholds(config.max_ood_rate, config.max_tv, config.min_p_value)
@@ -147,17 +205,18 @@ def drift(config: DriftConfig) -> dict:
     else:
         priors, reference = None, {"kind": "first_window", "source": config.scored}
     summaries = []
-    for window in windows_by_rows(numbered_rows(config.scored), config.window_rows):
+    found, section = windows(config)
+    for window in found:
         if priors is None:
             if not window.scored:
                 raise InputError(f"{config.scored}: the first window has no scored row")
             priors = priors_of(window.predicted)
             reference["rows"] = window.scored
-        summaries.append(summarise(window, priors, config.bins, limits))
+        summaries.append(summarise(window, priors, limits))
     alerts = [{"window": s["index"], **c} for s in summaries for c in s["crossed"]]
     return {
         "input": config.scored,
-        "window": {"by": "rows", "rows": config.window_rows},
+        "window": section,
         "reference": {**reference, "priors": dict(sorted((priors or {}).items()))},
         "thresholds": asdict(limits),
         "bins": [i / config.bins for i in range(config.bins + 1)],
@@ -172,7 +231,12 @@ def plot(report: dict, path: str) -> None:
     the first and the last window."""
     plt = pyplot()
     windows = report["windows"]
+    by_time = report["window"]["by"] != "rows"
     index = [w["index"] for w in windows]
+    if by_time:  # the windows' start times: a gap between windows shows as one
+        from datetime import datetime
+
+        index = [datetime.fromisoformat(w["start"]) for w in windows]
     nan = float("nan")
     fig, (ood, tv, conf) = plt.subplots(1, 3, figsize=(15, 4))
     for ax, values, limit, title in (
@@ -183,8 +247,12 @@ def plot(report: dict, path: str) -> None:
         if report["thresholds"][limit] is not None:
             ax.axhline(report["thresholds"][limit], color="red", linestyle="--", label=limit)
             ax.legend()
-        ax.set_xlabel("window")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if by_time:
+            ax.set_xlabel(f"window start ({report['window']['by']}, UTC)")
+            ax.tick_params(axis="x", labelrotation=30)
+        else:
+            ax.set_xlabel("window")
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title if any(v is not None for v in values) else f"{title}: no data")
         ax.set_ylim(bottom=0)
     edges = report["bins"]
@@ -221,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return usage("give --baseline or --baseline-rows, not both")
     if config.window_rows < 1 or config.bins < 1:
         return usage("--window-rows and --bins must be at least 1")
+    if not config.window_minutes > 0:
+        return usage(f"--window-minutes must be above 0 (got {config.window_minutes})")
     for path in (config.scored, config.baseline_rows):
         if path and not os.path.isfile(path):
             return usage(f"{path}: no such file")

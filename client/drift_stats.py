@@ -4,26 +4,38 @@ chi-square goodness-of-fit test) and the confidence histogram. No I/O, no plotti
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from client.output import timestamp
+
 
 @dataclass
 class Window:
-    """What one window of consecutive rows holds; `first_line`/`last_line` are the rows' line
-    numbers in the scored file (1-based, JSONL) or row numbers (CSV)."""
+    """What one window of rows holds, as running counts (memory does not grow with its rows);
+    `first_line`/`last_line`: its first and last row's line number in the scored file (1-based,
+    JSONL) or row number (CSV); `start`/`end`: a time window's bounds, seconds since the epoch."""
 
     index: int
+    bins: int = 10
     first_line: int = 0
     last_line: int = 0
     rows: int = 0
     errors: int = 0
     predicted: Counter = field(default_factory=Counter)  # top-1 label -> rows
-    confidences: list[float] = field(default_factory=list)  # top-1 scores
+    confidence_sum: float = 0.0  # of the top-1 scores
+    histogram: list[int] = field(default_factory=list)  # top-1 scores in `bins` bins over [0, 1]
     ood_rows: int = 0  # rows that carry `is_ood`
     ood_flagged: int = 0
-    ood_scores: list[float] = field(default_factory=list)
+    ood_score_sum: float = 0.0
+    ood_scores: int = 0  # rows that carry `ood_score`
+    start: float | None = None
+    end: float | None = None
+
+    def __post_init__(self):
+        self.histogram = self.histogram or [0] * self.bins
 
     @property
     def scored(self) -> int:
@@ -37,6 +49,12 @@ def _flag(value) -> bool:
     return bool(value)
 
 
+def bin_of(value: float, bins: int) -> int:
+    """The bin of `value` among `bins` equal bins over [0, 1]; 1.0 (and anything above) in the
+    last, anything below 0 in the first."""
+    return min(bins - 1, max(0, int(value * bins)))
+
+
 def add_row(window: Window, line: int, row: dict) -> None:
     """Counts one scored row into its window: an `error` row only as an error; a row without
     `is_ood` (a model or client from before the OOD outputs) only leaves the OOD rate out."""
@@ -48,24 +66,46 @@ def add_row(window: Window, line: int, row: dict) -> None:
         return
     window.predicted[str(row["labels"][0])] += 1
     if row.get("scores"):
-        window.confidences.append(float(row["scores"][0]))
+        score = float(row["scores"][0])
+        window.confidence_sum += score
+        window.histogram[bin_of(score, window.bins)] += 1
     if row.get("is_ood") is not None:
         window.ood_rows += 1
         window.ood_flagged += _flag(row["is_ood"])
     if row.get("ood_score") is not None:
-        window.ood_scores.append(float(row["ood_score"]))
+        window.ood_score_sum += float(row["ood_score"])
+        window.ood_scores += 1
 
 
-def windows_by_rows(rows: Iterable[tuple[int, dict]], size: int) -> Iterator[Window]:
+def windows_by_rows(
+    rows: Iterable[tuple[int, dict]], size: int, bins: int = 10
+) -> Iterator[Window]:
     """Consecutive windows of `size` rows in file order (the last may hold fewer)."""
-    window = Window(0)
+    window = Window(0, bins)
     for line, row in rows:
         add_row(window, line, row)
         if window.rows == size:
             yield window
-            window = Window(window.index + 1)
+            window = Window(window.index + 1, bins)
     if window.rows:
         yield window
+
+
+def windows_by_time(
+    rows: Iterable[tuple[int, float, dict]], seconds: float, bins: int = 10
+) -> list[Window]:
+    """(line, time, row) into windows of `seconds` aligned on the epoch (60 minutes: on the
+    hour, UTC), whatever order the rows come in; the windows that hold rows, earliest first."""
+    found: dict[int, Window] = {}
+    for line, moment, row in rows:
+        key = math.floor(moment / seconds)
+        if key not in found:
+            found[key] = Window(0, bins, start=key * seconds, end=(key + 1) * seconds)
+        add_row(found[key], line, row)
+    windows = [found[key] for key in sorted(found)]
+    for index, window in enumerate(windows):
+        window.index = index
+    return windows
 
 
 def priors_of(counts: dict[str, int | float], labels: Iterable[str] = ()) -> dict[str, float]:
@@ -117,15 +157,6 @@ def chi_square(observed: dict[str, int], priors: dict[str, float]) -> dict:
     }
 
 
-def histogram(values: list[float], bins: int) -> list[int]:
-    """Counts of `values` in `bins` equal bins over [0, 1]; 1.0 (and anything above) in the last,
-    anything below 0 in the first."""
-    counts = [0] * bins
-    for v in values:
-        counts[min(bins - 1, max(0, int(v * bins)))] += 1
-    return counts
-
-
 @dataclass(frozen=True)
 class Thresholds:
     max_ood_rate: float | None = None
@@ -147,12 +178,15 @@ def crossed(summary: dict, limits: Thresholds) -> list[dict]:
     ]
 
 
-def summarise(window: Window, priors: dict[str, float], bins: int, limits: Thresholds) -> dict:
-    """One window's entry of drift.json."""
-    mean = sum(window.confidences) / len(window.confidences) if window.confidences else None
-    ood_mean = sum(window.ood_scores) / len(window.ood_scores) if window.ood_scores else None
-    summary = {
-        "index": window.index,
+def summarise(window: Window, priors: dict[str, float], limits: Thresholds) -> dict:
+    """One window's entry of drift.json (a time window's with its `start` and `end`)."""
+    confidences = sum(window.histogram)
+    mean = window.confidence_sum / confidences if confidences else None
+    ood_mean = window.ood_score_sum / window.ood_scores if window.ood_scores else None
+    summary: dict = {"index": window.index}
+    if window.start is not None and window.end is not None:
+        summary.update(start=timestamp(window.start), end=timestamp(window.end))
+    summary.update({
         "first_line": window.first_line,
         "last_line": window.last_line,
         "rows": window.rows,
@@ -167,7 +201,7 @@ def summarise(window: Window, priors: dict[str, float], bins: int, limits: Thres
         "predicted": dict(sorted(window.predicted.items())),
         "tv_distance": total_variation(window.predicted, priors),
         "chi_square": chi_square(window.predicted, priors),
-        "confidence": {"mean": mean, "histogram": histogram(window.confidences, bins)},
-    }
+        "confidence": {"mean": mean, "histogram": list(window.histogram)},
+    })  # fmt: skip
     summary["crossed"] = crossed(summary, limits)
     return summary

@@ -36,6 +36,7 @@ class Item:
     label: str | None = None
     data: bytes | None = None
     error: str | None = None
+    mtime: float | None = None  # the local file's modification time (seconds since the epoch)
 
     @property
     def size(self) -> int:
@@ -57,11 +58,17 @@ def is_dir(path: str) -> bool:
 
 
 def read_bytes(uri: str) -> bytes:
+    return read_file(uri)[0]
+
+
+def read_file(uri: str) -> tuple[bytes, float | None]:
+    """The file's bytes and, for a local file, its mtime (fstat of the open file: no second
+    lookup); None for a remote one, whose mtime would cost another round trip."""
     if _is_remote(uri):
         with _gfile().GFile(uri, "rb") as f:
-            return f.read()
+            return f.read(), None
     with open(uri, "rb") as f:
-        return f.read()
+        return f.read(), os.fstat(f.fileno()).st_mtime
 
 
 def _open_text(path: str):
@@ -245,7 +252,7 @@ def iter_items(
                 continue
             item = Item(uri, label)
             try:
-                item.data = read_bytes(uri)
+                item.data, item.mtime = read_file(uri)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is an error record
                 item.error = f"cannot read: {type(exc).__name__}: {exc}"
         if labels_from_folders:

@@ -4,36 +4,87 @@ A model exported with an OOD detector returns both from serving_default and serv
 (docs/architecture.md, "Exported model"); older models have neither, and asking them for an
 output they lack is INVALID_ARGUMENT, so a gRPC client asks only after GetModelMetadata lists
 them. REST returns every output: the rows say it.
+
+Which version answers can change during a run (a label moved, a newer version published), so
+what the metadata said is kept with the version it described, and read again when an answer
+shows another version: the server refusing the outputs asked for (the new version lacks them),
+or an answer from another version than the metadata's without them (the new version may have
+them). The request is then sent again with the outputs the answering version has.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from client.config import OOD_OUTPUTS
 from client.retry import RpcError
 
 log = logging.getLogger(__name__)
+SENDS = 3  # a request and two re-sends: a label moved twice while one batch was answered
+
+
+def refused_outputs(exc: RpcError) -> bool:
+    """The server's INVALID_ARGUMENT for an output filter naming an OOD output the signature
+    lacks (TF Serving: `output tensor alias not found in signature: ood_score ...`)."""
+    return (
+        exc.code == "INVALID_ARGUMENT"
+        and "alias not found" in exc.message
+        and any(o in exc.message for o in OOD_OUTPUTS)
+    )
 
 
 class OodOutputs:
-    """Whether each signature has the OOD outputs, learnt once per run from `metadata`."""
+    """Whether each signature has the OOD outputs, and for which version the metadata said so."""
 
     def __init__(self, metadata):
         self._metadata = metadata  # (attempt) -> client.pixels.ModelMetadata
-        self._known: dict[str, bool] = {}
+        self._known: dict[str, tuple[int | None, bool]] = {}  # signature -> (version, has them)
+        self._lock = threading.Lock()
 
-    def wanted(self, signature: str, attempt: int) -> tuple[str, ...]:
+    def _read(self, signature: str, attempt: int) -> tuple[int | None, bool]:
+        try:
+            metadata = self._metadata(attempt)
+        except RpcError as exc:
+            log.debug("no model metadata (%s): rows without ood_score", exc)
+            return None, False
+        outputs = (metadata.outputs or {}).get(signature, [])
+        return metadata.version, all(o in outputs for o in OOD_OUTPUTS)
+
+    def wanted(self, signature: str, attempt: int, fresh: bool = False) -> tuple[str, ...]:
         """The output names to add to a request's filter: both, or none (also when the
-        metadata cannot be read: the rows then go without them)."""
-        if signature not in self._known:
+        metadata cannot be read: the rows then go without them). `fresh`: read it again."""
+        with self._lock:
+            if fresh or signature not in self._known:
+                self._known[signature] = self._read(signature, attempt)
+            return OOD_OUTPUTS if self._known[signature][1] else ()
+
+    def moved(self, signature: str, version: int | None, asked: tuple[str, ...]) -> bool:
+        """An answer without the OOD outputs from another version than the metadata described:
+        that version may have them."""
+        known, _ = self._known.get(signature, (None, False))
+        return not asked and None not in (version, known) and version != known
+
+    def send(self, signature: str, attempt: int, request):
+        """`request(outputs)` -> (response, its model version), with the OOD outputs of the
+        version that answers: sent again when that version turns out to have others."""
+        asked = self.wanted(signature, attempt)
+        sent = 0
+        while True:
+            sent += 1
             try:
-                outputs = (self._metadata(attempt).outputs or {}).get(signature, [])
+                response, version = request(asked)
             except RpcError as exc:
-                log.debug("no model metadata (%s): rows without ood_score", exc)
-                outputs = []
-            self._known[signature] = all(o in outputs for o in OOD_OUTPUTS)
-        return OOD_OUTPUTS if self._known[signature] else ()
+                if sent == SENDS or not (asked and refused_outputs(exc)):
+                    raise
+                log.info("%s: %s; reading the model's metadata again", signature, exc.message)
+                asked = self.wanted(signature, attempt, fresh=True)
+                continue
+            if sent == SENDS or not self.moved(signature, version, asked):
+                return response
+            asked = self.wanted(signature, attempt, fresh=True)
+            if not asked:
+                return response  # the version that answered has none either
 
 
 def from_columns(columns, convert=list) -> tuple[list[float] | None, list[bool] | None]:

@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 import time
+from datetime import datetime, timezone
 
 from client.atomicfile import atomic_file
 from client.inputs import canonical_uri
@@ -25,9 +26,28 @@ from client.retry import RETRYABLE
 
 log = logging.getLogger(__name__)
 
-# ood_score and is_ood: empty cells for a model without an OOD detector.
-FIELDS = ("uri", "label", "labels", "scores", "model_version", "error", "ood_score", "is_ood")
+# ood_score and is_ood: empty cells for a model without an OOD detector. Columns are only ever
+# appended: a CSV file keeps the header it was started with (ResultWriter).
+FIELDS = (
+    "uri", "label", "labels", "scores", "model_version", "error", "ood_score", "is_ood",
+    "scored_at", "mtime",
+)  # fmt: skip
+TIME_FIELDS = ("scored_at", "mtime")  # UTC ISO-8601: when the row was decided; the file's mtime
 LIST_SEPARATOR = "|"  # CSV cells holding the top-k labels and scores
+
+
+def timestamp(seconds: float) -> str:
+    """Seconds since the epoch as the rows write them: UTC ISO-8601 with milliseconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def parse_timestamp(text: str) -> float:
+    """A row's `scored_at` or `mtime` back to seconds since the epoch (no zone: UTC);
+    ValueError for text that is not ISO-8601."""
+    moment = datetime.fromisoformat(str(text))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 def repair_torn_tail(path: str) -> int:
@@ -184,8 +204,19 @@ def prepare_resume(path: str, fmt: str) -> set[str]:
     return done
 
 
+def csv_header(path: str) -> list[str] | None:
+    """The column names of an existing CSV file, None for a missing or empty one."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        return next(csv.reader(f), None)
+
+
 class ResultWriter:
-    """One complete line per `write()`, appended; the header once for a new CSV file."""
+    """One complete line per `write()`, appended; the header once for a new CSV file.
+
+    Appending to a CSV file started by an older client keeps that file's header: the columns
+    added since (e.g. `scored_at`) are left out of its rows rather than shifting its columns."""
 
     def __init__(self, path: str, fmt: str = "jsonl", fsync_s: float = 2.0):
         self.path = path
@@ -193,6 +224,13 @@ class ResultWriter:
         self.fsync_s = fsync_s
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
+        self.columns = list(FIELDS)
+        header = csv_header(path) if fmt == "csv" else None
+        if header:
+            self.columns = header
+            missing = [f for f in FIELDS if f not in header]
+            if missing:
+                log.warning("%s: its header has no %s column: not written", path, missing)
         # buffering=0: every write() below is a single os.write of a whole line.
         self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         self._last_sync = time.monotonic()
@@ -201,7 +239,8 @@ class ResultWriter:
 
     def _csv_line(self, row: dict) -> bytes:
         buffer = io.StringIO()
-        csv.DictWriter(buffer, FIELDS, lineterminator="\n").writerow(row)
+        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n", extrasaction="ignore")
+        writer.writerow(row)
         return buffer.getvalue().encode("utf-8")
 
     def _write(self, line: bytes) -> None:

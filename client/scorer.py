@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from client.batching import batches, bisect, fits_alone, request_bytes
 from client.config import ScoreConfig
 from client.inputs import Item, check_inputs, iter_items
-from client.output import ResultWriter, prepare_resume
+from client.output import ResultWriter, prepare_resume, timestamp
 from client.pixels import ClientPixels, PixelsUnavailable, discover
 from client.retry import RETRYABLE, RetryPolicy, RpcError, call_with_retry
 from client.summary import LatencyReservoir, Summary
@@ -76,7 +76,8 @@ class PixelsRefused(ScoringAborted):
 
 def row_for(item: Item, *, labels=None, scores=None, version=None, error=None, ood=None) -> dict:
     """One output row in the scored-output schema (docs/architecture.md); `ood`: the row's
-    `ood_score` and `is_ood` (client.ood.fields), for a model that has them."""
+    `ood_score` and `is_ood` (client.ood.fields), for a model that has them. `scored_at`: now,
+    when the row is decided; `mtime`: the local file's, when known."""
     row: dict = {"uri": item.uri}
     if item.label is not None:
         row["label"] = item.label
@@ -87,6 +88,9 @@ def row_for(item: Item, *, labels=None, scores=None, version=None, error=None, o
         row["scores"] = scores
         row["model_version"] = version
         row.update(ood or {})
+    row["scored_at"] = timestamp(time.time())
+    if item.mtime is not None:
+        row["mtime"] = timestamp(item.mtime)
     return row
 
 

@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 
 from client.config import ScoreConfig
+from client.ood import fields
 from client.retry import RetryPolicy, RpcError, call_with_retry
 
 
@@ -42,7 +43,8 @@ class Shadow:
         return self.transport.predict(images, attempt)
 
     def answers(self, images: list[bytes], stop: threading.Event) -> list[dict]:
-        """One `shadow` entry per image: `model_version`, `labels`, `scores`, or `error`."""
+        """One `shadow` entry per image: `model_version`, `labels`, `scores` (and `ood_score`,
+        `is_ood` when the shadow version has them), or `error`."""
         try:
             prediction = call_with_retry(
                 lambda attempt: self._predict(images, attempt), self.policy, stop=stop
@@ -53,8 +55,13 @@ class Shadow:
             error = f"server returned {len(prediction.labels)} rows for {len(images)} images"
             return [{"error": error}] * len(images)
         return [
-            {"model_version": prediction.model_version, "labels": labels, "scores": scores}
-            for labels, scores in zip(prediction.labels, prediction.scores)
+            {
+                "model_version": prediction.model_version,
+                "labels": labels,
+                "scores": scores,
+                **fields(prediction.ood_score, prediction.is_ood, i),
+            }
+            for i, (labels, scores) in enumerate(zip(prediction.labels, prediction.scores))
         ]
 
     def attach(self, rows: list[dict], images: list[bytes], stop: threading.Event) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +44,7 @@ from export.publishing.imagenet_head import imagenet_result
 from export.publishing.publish import publish
 from export.training.config import QualityBarError
 from export.training.evaluation import check_min_accuracy, quality_accuracy
+from export.training.finetune import BackboneFeatures
 from export.training.runs import library_versions
 from export.training.train import TrainResult
 
@@ -132,18 +134,26 @@ def fit_ood(config: ExportConfig, result: TrainResult) -> tuple[ood.OodDetector 
     training's when there is no validation split), and the model card's `ood` section."""
     if config.imagenet_head:
         return None, {"method": None, "reason": "no training features: the pretrained head"}
+    features, computed = result.source, "bottlenecks"
     if result.metrics.get("fine_tune"):
         # The cached features are the backbone's before fine-tuning, not the exported one's.
-        return None, {"method": None, "reason": "fine-tuned backbone: features not recomputed"}
-    x, y = result.source.arrays(TRAIN)
+        features = BackboneFeatures.of(result.extractor, result.source, config)
+        computed = "fine-tuned backbone, at export"
+    started = time.monotonic()
+    x, y = features.arrays(TRAIN)
     detector = ood.fit(x, y, len(result.labels))
     split = VALIDATION
-    calibration, _ = result.source.arrays(VALIDATION)
+    calibration, _ = features.arrays(VALIDATION)
     if not len(calibration):
         split, calibration = TRAIN, x
     detector = ood.calibrate(detector, calibration, config.ood_fpr, split)
-    log.info("ood: threshold %.4g (%s, fpr %g)", detector.threshold, split, config.ood_fpr)
-    return detector, {**detector.card(len(x)), "calibration_images": len(calibration)}
+    seconds = round(time.monotonic() - started, 1)
+    log.info(
+        "ood: threshold %.4g (%s, fpr %g), features from the %s, %.1f s",
+        detector.threshold, split, config.ood_fpr, computed, seconds,
+    )  # fmt: skip
+    card = {**detector.card(len(x)), "calibration_images": len(calibration)}
+    return detector, {**card, "features": computed, "seconds": seconds}
 
 
 def model_card(config: ExportConfig, result: TrainResult) -> dict:

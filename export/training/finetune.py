@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from export import fsutil
@@ -269,6 +270,47 @@ class FineTuner:
                     after,
                 )
         return self.extractor, splits
+
+
+@dataclass
+class BackboneFeatures:
+    """A split's features as `extractor` (the fine-tuned backbone) computes them on its images,
+    decoded by the shared Preprocessor: what the exported graph's OOD detector sees. The cached
+    bottlenecks are the backbone's before fine-tuning, so a detector fitted on them would measure
+    distances in another space than the one it is served in. `arrays(split)` as a feature
+    source has it, computed once per split."""
+
+    extractor: keras.Model
+    images: ImageSource
+    batch_size: int = 32
+    progress: bool = True
+    _done: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, extractor: keras.Model, source, config) -> BackboneFeatures:
+        images = ImageSource.of(source, Preprocessor.of(config))
+        return cls(extractor, images, config.batch_size, config.progress)
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in self._done:
+            from tqdm.auto import tqdm
+
+            call = _graph(self.extractor)
+            xs, ys = [], []
+            count = len(self.images.examples[split])
+            with tqdm(
+                total=count, desc=f"{split} features", unit="img", disable=not self.progress
+            ) as bar:
+                for x, y in self.images.batches(split, self.batch_size):
+                    xs.append(np.asarray(call(x)))
+                    ys.append(y.numpy())
+                    bar.update(len(y))
+            dim = int(self.extractor.output.shape[-1])
+            self._done[split] = (
+                np.concatenate(xs).astype(np.float32) if xs else np.zeros((0, dim), np.float32),
+                np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64),
+            )
+        return self._done[split]
 
 
 def _graph(model: keras.Model):

@@ -22,12 +22,23 @@ PAIRS = [
     ("x/a3.jpg", "dog", (["dog", "fox"], [0.5, 0.3]), (["fox", "cat"], [0.9, 0.1])),
     ("x/a4.jpg", "fox", (["fox", "dog"], [0.7, 0.3]), (["fox", "dog"], [0.75, 0.25])),
 ]
+# The OOD outputs of each answer (A's a4 has none: a version without the detector answered).
+OOD_A = {"x/a1.jpg": (False, 1.0), "x/a2.jpg": (True, 5.0), "x/a3.jpg": (False, 2.0)}
+OOD_B = {"x/a1.jpg": (True, 4.0), "x/a2.jpg": (True, 6.0), "x/a3.jpg": (False, 1.0),
+         "x/a4.jpg": (True, 3.0)}  # fmt: skip
+
+
+def ood(table: dict, uri: str) -> dict:
+    flag, score = table.get(uri.removeprefix("./"), (None, None))
+    return {} if flag is None else {"is_ood": flag, "ood_score": score}
 
 
 def shadow_rows() -> list[dict]:
     rows = [
-        {"uri": u, "label": t, **answer(*a, 1), "shadow": answer(*b, 2)} for u, t, a, b in PAIRS
-    ]
+        {"uri": u, "label": t, **answer(*a, 1), **ood(OOD_A, u),
+         "shadow": {**answer(*b, 2), **ood(OOD_B, u)}}
+        for u, t, a, b in PAIRS
+    ]  # fmt: skip
     rows.append({"uri": "x/a5.jpg", "label": "cat", "error": "INVALID_ARGUMENT: not an image"})
     rows.append(
         {"uri": "x/a6.jpg", **answer(["cat"], [1.0], 1), "shadow": {"error": "NOT_FOUND: no v7"}}
@@ -63,6 +74,13 @@ def check_figures(report: dict) -> None:
     assert flips[1]["b_score_of_a_label"] == 0.3 and flips[1]["drop"] == 0.3
     assert flips[1]["a"] == {"label": "cat", "score": 0.6}
     assert flips[1]["b"] == {"label": "dog", "score": 0.7}
+    assert report["ood"] == {
+        "a": {"rows": 3, "flagged": 1, "rate": pytest.approx(1 / 3), "mean_score": 2.666667},
+        "b": {"rows": 4, "flagged": 3, "rate": 0.75, "mean_score": 3.5},
+        # a1-a3 carry both: a2 flagged by both, a1 by B only; B flags one more of the three
+        "paired": {"rows": 3, "both": 1, "a_only": 0, "b_only": 1,
+                   "rate_difference": pytest.approx(1 / 3)},
+    }  # fmt: skip
 
 
 def test_shadow_rows_give_exact_figures_json_and_png(tmp_path, capsys):
@@ -79,8 +97,9 @@ def test_shadow_rows_give_exact_figures_json_and_png(tmp_path, capsys):
 
 def test_two_files_are_matched_by_image_whatever_the_spelling(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    a = [{"uri": u, "label": t, **answer(*x, 1)} for u, t, x, _ in PAIRS]
-    b = [{"uri": f"./{u}", "label": t, **answer(*y, 2)} for u, t, _, y in reversed(PAIRS)]
+    a = [{"uri": u, "label": t, **answer(*x, 1), **ood(OOD_A, u)} for u, t, x, _ in PAIRS]
+    b = [{"uri": f"./{u}", "label": t, **answer(*y, 2), **ood(OOD_B, u)}
+         for u, t, _, y in reversed(PAIRS)]  # fmt: skip
     a.append({"uri": "x/only-a.jpg", **answer(["cat"], [1.0], 1)})
     b.append({"uri": "x/only-b.jpg", **answer(["cat"], [1.0], 2)})
     b.append({"uri": str(tmp_path / "x" / "a9.jpg"), "error": "cannot read: gone"})

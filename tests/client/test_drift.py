@@ -158,3 +158,58 @@ def test_input_errors_exit_2_naming_the_file_and_line(tmp_path, capsys, bottlene
 def test_no_rows_exits_1(tmp_path, capsys):
     code, report, _ = run(capsys, write(tmp_path / "empty.jsonl", []))
     assert code == 1 and report["windows"] == [] and report["rows"] == 0
+
+
+def timed(rows, times, key="scored_at"):
+    return [{**r, key: t} for r, t in zip(rows, times)]
+
+
+def test_time_windows_by_scored_at_and_mtime(tmp_path, capsys, caplog):
+    # Out of file order, across three 10-minute windows (12:00, 12:10 empty, 12:20, 12:30);
+    # the same instants written with "Z", "+00:00", another zone and no zone (UTC).
+    times = [
+        "2025-03-01T12:01:00.000+00:00",  # a 0.9 ood
+        "2025-03-01T12:25:00Z",  # a 0.6
+        "2025-03-01T13:09:59.999+01:00",  # 12:09:59.999 UTC: a 1.0
+        "2025-03-01T12:31:00",  # b 0.3
+        "2025-03-01T12:20:00.000+00:00",  # a 0.9: on a window's start
+    ]
+    rows = timed(ROWS[:5], times)
+    scored = write(tmp_path / "scored.jsonl", rows)
+    code, report, _ = run(capsys, scored, "--window-by", "scored_at", "--window-minutes", "10")
+    assert code == 0
+    assert report["window"] == {"by": "scored_at", "minutes": 10.0, "untimed": 0}
+    spans = [(w["start"], w["end"], w["rows"], w["first_line"], w["last_line"])
+             for w in report["windows"]]  # fmt: skip
+    assert spans == [
+        ("2025-03-01T12:00:00.000+00:00", "2025-03-01T12:10:00.000+00:00", 2, 1, 3),
+        ("2025-03-01T12:20:00.000+00:00", "2025-03-01T12:30:00.000+00:00", 2, 2, 5),
+        ("2025-03-01T12:30:00.000+00:00", "2025-03-01T12:40:00.000+00:00", 1, 4, 4),
+    ]
+    assert [w["index"] for w in report["windows"]] == [0, 1, 2]
+    assert report["windows"][0]["ood"] == {"rows": 1, "flagged": 0, "rate": 0.0, "mean_score": 1.0}
+    assert report["windows"][2]["tv_distance"] == 1.0  # all b against the first window's all a
+
+    # mtime; one row without it (an unreadable file has none): counted, in no window.
+    rows = timed(ROWS[:5], times, "mtime")
+    del rows[3]["mtime"]
+    scored = write(tmp_path / "mtime.jsonl", rows)
+    out = tmp_path / "drift"
+    code, report, _ = run(capsys, scored, "--window-by", "mtime", "--window-minutes", "60",
+                          "--out", str(out))  # fmt: skip
+    assert code == 0 and [w["rows"] for w in report["windows"]] == [4]
+    assert report["window"]["untimed"] == 1 and report["window"]["first_untimed_line"] == 4
+    assert "1 row(s) without mtime (the first on line 4)" in caplog.text
+    png_pixels((out / "drift.png").read_bytes())
+
+
+def test_time_windows_need_the_field(tmp_path, capsys):
+    old = write(tmp_path / "old.jsonl", ROWS)  # scored before rows carried a time
+    code, _, err = run(capsys, old, "--window-by", "scored_at")
+    assert code == 2
+    assert f"{old}: no row has the field 'scored_at' that --window-by scored_at needs" in err
+    bad = write(tmp_path / "bad.jsonl", timed(ROWS[:2], ["2025-03-01T12:00:00Z", "noon"]))
+    code, _, err = run(capsys, bad, "--window-by", "scored_at")
+    assert code == 2 and f"{bad}:2: scored_at 'noon' is not an ISO-8601 time" in err
+    code, _, err = run(capsys, bad, "--window-by", "mtime", "--window-minutes", "0")
+    assert code == 2 and "--window-minutes must be above 0" in err

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -24,6 +25,7 @@ CLASSES = {"red", "green", "blue"}
 
 
 OOD = ("ood_score", "is_ood")  # the session's model has an OOD detector
+TIMES = ("scored_at", "mtime")  # when the row was decided; the local file's mtime
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -33,11 +35,15 @@ def rows_of(path: Path) -> list[dict]:
 def test_directory_scored_once_each_with_labels_and_version(
     target, shapes_root, good_images, tmp_path
 ):
+    from client.output import parse_timestamp
+
     out = tmp_path / "scored.jsonl"
+    started = time.time()
     code = main(
         [str(shapes_root), "--target", target, "--model-name", MODEL, "--output", str(out),
          "--labels-from-folders", "--batch-size", "16", "--quiet"]
     )  # fmt: skip
+    ended = time.time()
     rows = rows_of(out)
     # notes.txt is not an image name; broken.jpg is, and fails
     assert code == 3
@@ -46,8 +52,14 @@ def test_directory_scored_once_each_with_labels_and_version(
     )
     scored = [r for r in rows if "error" not in r]
     assert len(scored) == len(good_images)
+    for row in rows:  # when each row was decided; the file's modification time
+        assert started - 0.001 <= parse_timestamp(row["scored_at"]) <= ended + 0.001
+        assert row["scored_at"].endswith("+00:00") and row["mtime"].endswith("+00:00")
+        assert parse_timestamp(row["mtime"]) == pytest.approx(
+            Path(row["uri"]).stat().st_mtime, abs=0.001
+        )
     for row in scored:
-        assert set(row) == {"uri", "label", "labels", "scores", "model_version", *OOD}
+        assert set(row) == {"uri", "label", "labels", "scores", "model_version", *OOD, *TIMES}
         assert isinstance(row["ood_score"], float) and row["is_ood"] in (True, False)
         assert set(row["labels"]) == CLASSES and row["scores"] == sorted(
             row["scores"], reverse=True
@@ -309,7 +321,7 @@ def test_tfrecord_input(target, good_images, tmp_path):
     assert sorted(r["uri"] for r in rows) == sorted(map(str, good_images[:6]))
     # Each record's image was scored: a full row, as for an image file.
     for row in rows:
-        assert set(row) == {"uri", "labels", "scores", "model_version", *OOD}, row
+        assert set(row) == {"uri", "labels", "scores", "model_version", *OOD, "scored_at"}, row
         assert set(row["labels"]) == CLASSES and row["model_version"] == 2
 
 

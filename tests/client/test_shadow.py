@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from testconfig import MODEL
 
 from client.cli import main as score
 from client.compare_versions import main as compare
 
-PRIMARY_KEYS = {"uri", "label", "labels", "scores", "model_version", "ood_score", "is_ood"}
+PRIMARY_KEYS = {"uri", "label", "labels", "scores", "model_version", "ood_score", "is_ood",
+                "scored_at", "mtime"}  # fmt: skip
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -34,11 +36,12 @@ def test_shadow_rows_carry_both_answers_then_compare(
     for row in scored:
         assert set(row) == PRIMARY_KEYS | {"shadow"} and row["model_version"] == 1
         shadow = row["shadow"]
-        assert set(shadow) == {"model_version", "labels", "scores"}
+        assert set(shadow) == {"model_version", "labels", "scores", "ood_score", "is_ood"}
         assert shadow["model_version"] == 2
-        # Version 2 is a copy of version 1: the same answer.
-        assert shadow["labels"] == row["labels"]
+        # Version 2 is a copy of version 1: the same answer, the same OOD outputs.
+        assert shadow["labels"] == row["labels"] and shadow["is_ood"] == row["is_ood"]
         assert max(abs(a - b) for a, b in zip(shadow["scores"], row["scores"])) < 1e-5
+        assert shadow["ood_score"] == pytest.approx(row["ood_score"], rel=1e-5)
     capsys.readouterr()
 
     assert compare([str(out), "--out", str(tmp_path / "cmp.json")]) == 0
@@ -47,6 +50,10 @@ def test_shadow_rows_carry_both_answers_then_compare(
     assert report["model_versions"] == {"a": {"1": 12}, "b": {"2": 12}}
     assert report["rows"] == {"rows": 13, "errors_a": 1}
     assert abs(report["score_shift"]["top1"]["max"]) < 1e-5
+    flagged = sum(row["is_ood"] for row in scored)
+    assert report["ood"]["a"]["rows"] == report["ood"]["b"]["rows"] == 12
+    assert report["ood"]["a"]["flagged"] == report["ood"]["b"]["flagged"] == flagged
+    assert report["ood"]["paired"]["rate_difference"] == 0
     assert (tmp_path / "cmp.png").stat().st_size > 0
 
 

@@ -135,6 +135,31 @@ def test_csv_output_round_trips(tmp_path):
     assert len(rows) == 4 and path.read_text().count("uri,label") == 1
 
 
+def test_csv_started_by_an_older_client_keeps_its_columns(tmp_path, caplog):
+    """Appending (--resume) to a CSV without the columns added since: its rows stay aligned with
+    its own header, the new cells are left out."""
+    from client.output import read_rows
+
+    path = tmp_path / "old.csv"
+    path.write_text("uri,label,labels,scores,model_version,error\nold.jpg,,x,1.0,1,\n")
+    with ResultWriter(str(path), "csv") as writer:
+        writer.write(
+            {
+                "uri": "new.jpg",
+                "labels": ["y"],
+                "scores": [0.5],
+                "model_version": 2,
+                "ood_score": 1.5,
+                "is_ood": False,
+                "scored_at": "2025-03-01T12:00:00Z",
+            }
+        )
+    lines = path.read_text().splitlines()
+    assert lines[2] == "new.jpg,,y,0.5,2,"
+    assert [r["uri"] for r in read_rows(str(path))] == ["old.jpg", "new.jpg"]
+    assert "its header has no ['ood_score', 'is_ood', 'scored_at', 'mtime'] column" in caplog.text
+
+
 def test_readers_stream_lists_and_tfrecords(tmp_path, good_images):
     import tensorflow as tf
 

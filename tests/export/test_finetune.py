@@ -112,13 +112,25 @@ def test_fine_tuned_model_is_what_export_publishes_through_the_gate(tuned, shape
     card = json.loads((exported.path / "assets.extra" / "model_card.json").read_text())
     assert card["training"]["fine_tune"]["from"] == "conv2"
     assert set(card["training"]["fine_tune"]["head_only_accuracy"]) == set(SPLITS)
-    # The cached features are the backbone's before fine-tuning: no OOD detector from them.
-    assert card["ood"]["method"] is None and "fine-tuned" in card["ood"]["reason"]
-    assert "ood_score" not in card["signatures"]["serving_default"]["outputs"]
+    # The OOD detector: fitted on the fine-tuned backbone's features of the training images
+    # (the cached ones are the backbone's before fine-tuning), its threshold on validation's.
+    detector = card["ood"]
+    assert detector["method"] == "mahalanobis_tied_ledoit_wolf"
+    assert detector["features"] == "fine-tuned backbone, at export"
+    assert "ood_score" in card["signatures"]["serving_default"]["outputs"]
+    validation = [Path(uri).read_bytes() for uri, _ in tuned.source.labelled_uris(VALIDATION)]
+    assert detector["calibration_images"] == len(validation) < 100
+    serving = tf.saved_model.load(str(exported.path)).signatures["serving_default"]
+    served = serving(image_bytes=tf.constant(validation))
+    scores, flags = served["ood_score"].numpy(), served["is_ood"].numpy()
+    # Under 100 validation images, the 99% quantile is their highest score: the served scores
+    # are in the space the threshold was chosen in, so their maximum is the threshold, and no
+    # image is flagged but, by float32 rounding in the graph, that one.
+    assert scores.max() == pytest.approx(detector["threshold"], rel=1e-5)
+    assert flags.sum() <= 1 and flags[scores.argmax()] == flags.any()
 
     uris = tuned.source.uris(VALIDATION, 6) + tuned.source.uris(TRAIN, 6)
     contents = [Path(uri).read_bytes() for uri in uris]
-    serving = tf.saved_model.load(str(exported.path)).signatures["serving_default"]
     published = serving(image_bytes=tf.constant(contents))["scores"].numpy()
     x = batch_of(uris, Preprocessor.of(tuned.config))
     np.testing.assert_allclose(published, np.asarray(tuned.classifier(x)), atol=1e-5)
