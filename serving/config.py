@@ -14,21 +14,17 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
-from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.errors import ServingError
 from serving.flags import CPUS, ServerFlags
-from serving.protos import BatchingParameters, MonitoringConfig, SSLConfig
+from serving.protos import BatchingParameters, MonitoringConfig
+from serving.ssl_config import SSLOptions, load_ssl_file
+from serving.text_proto import ConfigError, line_of, parse_text_proto, read_config_file
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
-
-
-class ConfigError(ValueError):
-    """A flag or config file is invalid; the message names the file and line."""
 
 
 # ---------------------------------------------------------------- typed configs
@@ -83,37 +79,6 @@ class MonitoringOptions:
 # ---------------------------------------------------------------- text-format parsing
 
 
-def _line_of(text: str, token: str) -> int:
-    """1-based line where `token` first appears (for errors found after parsing)."""
-    for number, line in enumerate(text.splitlines(), 1):
-        if token in line:
-            return number
-    return 1
-
-
-def parse_text_proto(text: str, message, path: str):
-    """Parse protobuf text format; errors become `path:line: ` and TF Serving's own wording
-    (protobuf's TextFormat as ParseProtoTextFile logs it): `Error parsing text-format
-    tensorflow.serving.ModelServerConfig: line:column: reason`."""
-    try:
-        return text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        reason = re.sub(r"^\d+:\d+ : ", "", str(exc))
-        line = exc.GetLine() or 1
-        where = f"{line}:{exc.GetColumn() or 1}"
-        raise ConfigError(
-            f"{path}:{line}: Error parsing text-format {message.DESCRIPTOR.full_name}: "
-            f"{where}: {reason}"
-        ) from None
-
-
-def _read(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-
-
 def model_configs_from_proto(config, text: str, path: str) -> list[ModelConfig]:
     """ModelServerConfig -> ModelConfig list, with TF Serving's rules checked."""
     if config.WhichOneof("config") == "custom_model_config":
@@ -121,7 +86,7 @@ def model_configs_from_proto(config, text: str, path: str) -> list[ModelConfig]:
     models: list[ModelConfig] = []
     seen: set[str] = set()
     for proto in config.model_config_list.config:
-        where = f"{path}:{_line_of(text, proto.name or 'config')}"
+        where = f"{path}:{line_of(text, proto.name or 'config')}"
         if not proto.name:
             raise ConfigError(f"{where}: model config without a name")
         if proto.name in seen:
@@ -141,7 +106,7 @@ def model_configs_from_proto(config, text: str, path: str) -> list[ModelConfig]:
             )
         if proto.model_platform not in ("", "tensorflow"):
             raise ConfigError(
-                f"{path}:{_line_of(text, proto.model_platform)}: model_platform "
+                f"{path}:{line_of(text, proto.model_platform)}: model_platform "
                 f"{proto.model_platform!r} is not supported (only 'tensorflow')"
             )
         policy_proto = proto.model_version_policy
@@ -155,7 +120,7 @@ def model_configs_from_proto(config, text: str, path: str) -> list[ModelConfig]:
             versions = tuple(sorted(set(policy_proto.specific.versions)))
             if not versions:
                 raise ConfigError(
-                    f"{path}:{_line_of(text, 'specific')}: model {proto.name!r}: "
+                    f"{path}:{line_of(text, 'specific')}: model {proto.name!r}: "
                     "specific version policy lists no versions"
                 )
             policy = VersionPolicy("specific", versions=versions)
@@ -169,7 +134,7 @@ def is_absolute_base_path(base_path: str) -> bool:
 
 
 def load_model_config_file(path: str) -> list[ModelConfig]:
-    text = _read(path, "ModelServerConfig")
+    text = read_config_file(path, "ModelServerConfig")
     proto = parse_text_proto(text, model_server_config_pb2.ModelServerConfig(), path)
     return model_configs_from_proto(proto, text, path)
 
@@ -196,11 +161,11 @@ def batching_from_proto(proto, text: str = "", path: str = "<batching>") -> Batc
     )
     for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
         if getattr(options, name) <= 0:
-            raise ConfigError(f"{path}:{_line_of(text, name)}: {name} must be positive")
+            raise ConfigError(f"{path}:{line_of(text, name)}: {name} must be positive")
     execution = options.max_execution_batch_size
     if execution is not None and not 0 < execution <= options.max_batch_size:
         raise ConfigError(  # session_bundle_config.proto's rule
-            f"{path}:{_line_of(text, 'max_execution_batch_size')}: max_execution_batch_size "
+            f"{path}:{line_of(text, 'max_execution_batch_size')}: max_execution_batch_size "
             f"must be positive and at most max_batch_size ({options.max_batch_size}); "
             f"received {execution}"
         )
@@ -208,12 +173,12 @@ def batching_from_proto(proto, text: str = "", path: str = "<batching>") -> Batc
     if sizes:
         if list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
             raise ConfigError(
-                f"{path}:{_line_of(text, 'allowed_batch_sizes')}: allowed_batch_sizes must "
+                f"{path}:{line_of(text, 'allowed_batch_sizes')}: allowed_batch_sizes must "
                 "be positive and strictly increasing"
             )
         if sizes[-1] != options.max_batch_size:  # bundle_factory_util.cc's rule and text
             raise ConfigError(
-                f"{path}:{_line_of(text, 'allowed_batch_sizes')}: Last entry in "
+                f"{path}:{line_of(text, 'allowed_batch_sizes')}: Last entry in "
                 "allowed_batch_sizes must match max_batch_size; last entry was "
                 f"{sizes[-1]}; expected {options.max_batch_size}"
             )
@@ -221,60 +186,18 @@ def batching_from_proto(proto, text: str = "", path: str = "<batching>") -> Batc
 
 
 def load_batching_file(path: str) -> BatchingOptions:
-    text = _read(path, "BatchingParameters")
+    text = read_config_file(path, "BatchingParameters")
     return batching_from_proto(parse_text_proto(text, BatchingParameters(), path), text, path)
 
 
 def load_monitoring_file(path: str) -> MonitoringOptions:
-    text = _read(path, "MonitoringConfig")
+    text = read_config_file(path, "MonitoringConfig")
     proto = parse_text_proto(text, MonitoringConfig(), path)
     prom = proto.prometheus_config
     route = prom.path or DEFAULT_PROMETHEUS_PATH
     if not route.startswith("/"):
-        raise ConfigError(f"{path}:{_line_of(text, 'path')}: path must start with '/'")
+        raise ConfigError(f"{path}:{line_of(text, 'path')}: path must start with '/'")
     return MonitoringOptions(prometheus_enable=prom.enable, prometheus_path=route)
-
-
-@dataclass(frozen=True)
-class SSLOptions:
-    """SSLConfig as server.cc's BuildServerCredentialsFromSSLConfigFile uses it: the fields hold
-    PEM text (not file names); client_verify requires a client certificate signed by custom_ca."""
-
-    server_key: bytes
-    server_cert: bytes
-    custom_ca: bytes | None
-    client_verify: bool
-
-
-def load_ssl_file(path: str) -> SSLOptions:
-    text = _read(path, "SSLConfig")
-    proto = parse_text_proto(text, SSLConfig(), path)
-
-    def pem(name: str, kind: str) -> bytes | None:
-        value = getattr(proto, name)
-        if not value:
-            return None
-        if f"-----BEGIN {kind}" not in value and not (
-            kind == "PRIVATE KEY" and re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY", value)
-        ):
-            raise ConfigError(
-                f"{path}:{_line_of(text, name)}: {name} must hold the PEM text itself "
-                f"(-----BEGIN {kind}-----...), not a file name"
-            )
-        return value.encode("utf-8")
-
-    key = pem("server_key", "PRIVATE KEY")
-    cert = pem("server_cert", "CERTIFICATE")
-    for name, value in (("server_key", key), ("server_cert", cert)):
-        if value is None:
-            raise ConfigError(f"{path}:1: {name} is empty")
-    ca = pem("custom_ca", "CERTIFICATE")
-    if proto.client_verify and ca is None:
-        raise ConfigError(
-            f"{path}:{_line_of(text, 'client_verify')}: client_verify needs custom_ca (the CA "
-            "that signs client certificates)"
-        )
-    return SSLOptions(key, cert, ca, bool(proto.client_verify))
 
 
 def canonical_base_path(base_path: str) -> str:

@@ -9,8 +9,9 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving.api import ServingApi
-from serving.config import SSLOptions, model_configs_from_proto
+from serving.config import model_configs_from_proto
 from serving.errors import ServingError, from_tf_error
+from serving.ssl_config import SSLOptions
 
 log = logging.getLogger(__name__)
 

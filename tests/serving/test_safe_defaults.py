@@ -275,7 +275,7 @@ def ssl_config(path: Path, pki, *, client_verify: bool) -> Path:
 
 
 def test_ssl_config_file_parses_like_tf_serving(pki, tmp_path):
-    from serving.config import load_ssl_file
+    from serving.ssl_config import load_ssl_file
 
     options = load_ssl_file(str(ssl_config(tmp_path / "ssl.config", pki, client_verify=True)))
     assert options.server_key == pki["server.key"].read_bytes()
