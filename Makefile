@@ -58,8 +58,11 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict -d build/site
 
+# Two workers (pytest-xdist), one folder of tests/ each at a time (tests/conftest.py): the
+# suite waits on subprocesses and servers as much as it computes.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP) chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # For development: lint and the tests not marked slow (CI runs the full `make test`).
 test-fast: lint $(STAMP)

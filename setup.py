@@ -35,6 +35,7 @@ EXTRAS_REQUIRE = {
     "dev": [
         "pytest>=8,<10",
         "pytest-timeout>=2.3,<3",
+        "pytest-xdist>=3.6,<4",  # make test: two workers (tests/conftest.py groups by folder)
         "ruff>=0.15,<0.18",
         "import-linter>=2.1,<3",  # make lint: the dependency rules of docs/architecture.md
         "mkdocs>=1.6,<2",  # the docs site; make docs, tests/test_docs.py

@@ -69,6 +69,33 @@ def exported(export_config, trained):
     return export_model(export_config, result=trained)
 
 
+# The folders of tests/, longest first (minutes on 2 cores): the order in which pytest-xdist
+# hands them to its workers, so that no long folder starts last.
+FOLDERS_LONGEST_FIRST = (
+    "export", "serving", "demo", "beam_jobs", "client", "tfserving", "contract",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers), every test of one folder of tests/
+    runs on the same worker, so the folder's session fixtures (servers, exports) are built
+    once (the root's by each worker that needs them); the folders go out longest first."""
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+        return
+    tests = Path(__file__).parent
+
+    def folder(item) -> str:
+        return item.path.relative_to(tests).parts[0].removesuffix(".py")
+
+    def rank(item) -> int:
+        name = folder(item)
+        return FOLDERS_LONGEST_FIRST.index(name) if name in FOLDERS_LONGEST_FIRST else 99
+
+    items.sort(key=rank)  # stable: each folder keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(folder(item)))
+
+
 def pytest_addoption(parser):
     """The contract suite's flags, accepted by every pytest invocation (registered here, in the
     conftest every run loads first, so that `pytest --grpc-target ...` works from anywhere)."""
