@@ -26,7 +26,7 @@ from serving.errors import ServingError
 
 MODEL = "deadlines"
 FOREVER = 10**12  # while-loop iterations of `spin`: hours of CPU
-REST_TIMEOUT_MS = 1000
+REST_TIMEOUT_MS = 2000
 TIMED_OUT = "Timed out waiting for notification"  # TensorFlow's DirectSession, run cancelled
 
 
@@ -203,7 +203,7 @@ def test_rest_run_past_the_timeout_is_cancelled_with_504(direct):
 def test_grpc_run_past_the_call_deadline_is_cancelled(direct):
     before = requests_with(direct, "DEADLINE_EXCEEDED")
     with pytest.raises(grpc.RpcError) as info:
-        stub(direct).Predict(predict_request("spin", [FOREVER]), timeout=1.0)
+        stub(direct).Predict(predict_request("spin", [FOREVER]), timeout=2.0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # the server's side ends only if TensorFlow cancelled the run (else hours of counting)
     wait_for(lambda: requests_with(direct, "DEADLINE_EXCEEDED") == before + 1, 60, what="cancel")
@@ -223,7 +223,7 @@ def test_passed_deadline_is_refused_without_running_the_model(direct):
 
 
 def test_batch_drops_tasks_whose_deadline_passed_in_the_queue(batched):
-    """A gRPC task (3 s deadline) and a REST task (1 s timeout) wait in a batch that runs only
+    """A gRPC task (3 s deadline) and a REST task (2 s timeout) wait in a batch that runs only
     when full; once both deadlines are certainly past, a 2-row request fills it: it runs alone."""
     grpc_stub = stub(batched)
     queue = batcher(batched)
