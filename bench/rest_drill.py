@@ -60,10 +60,10 @@ def default_image() -> bytes:
 
 
 def start_server(
-    base: str, name: str, extra: list[str], log_path: Path, grpc_port: int = 0
+    base: str, name: str, extra: list[str], log_path: Path, grpc_port: int = 0, root: Path = ROOT
 ) -> tuple[subprocess.Popen, str]:
-    """`python -m serving` on free ports (gRPC on `grpc_port` if given), once a version is
-    AVAILABLE; returns the process and the REST URL."""
+    """`python -m serving` of the checkout `root` on free ports (gRPC on `grpc_port` if given),
+    once a version is AVAILABLE; returns the process and the REST URL."""
     rest_port = free_port()
     argv = [
         sys.executable,
@@ -76,9 +76,9 @@ def start_server(
         f"--model_base_path={os.path.abspath(base)}",
         *extra,
     ]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{rest_port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

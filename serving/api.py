@@ -1,4 +1,7 @@
-"""The server's API independent of transport: gRPC and REST both call these, and record metrics."""
+"""The server's API independent of transport: gRPC and REST both call these, and record metrics.
+
+The prediction APIs take the request's deadline (time.monotonic(), None: none; the transport
+derives it, serving/deadlines.py) and hand it to the model runs of the request."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from tensorflow_serving.apis import (
 
 from serving import inference, json_request
 from serving.config import ReloadPolicy
-from serving.errors import ServingError, invalid
+from serving.errors import ServingError, from_tf_error, invalid
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 
@@ -38,7 +41,7 @@ class ServingApi:
         self.reload_policy = reload_policy if reload_policy is not None else ReloadPolicy()
 
     @contextlib.contextmanager
-    def _call(self, model: str, api: str, entrypoint: str, spec=None, version=None, label=""):
+    def _call(self, model, api, entrypoint, spec=None, version=None, label="", deadline=None):
         """Resolve the servable, time the call, count it by status; errors pass through."""
         start = time.perf_counter()
         served_version = None
@@ -46,14 +49,14 @@ class ServingApi:
         try:
             if spec is not None:
                 version, label = spec_target(spec)
-            with self.manager.handle(model, version, label) as handle:
+            with self.manager.handle(model, version, label, deadline) as handle:
                 served_version = handle.servable.version
                 yield handle
         except ServingError as exc:
             status = exc.code.name
             raise
-        except Exception:
-            status = "UNKNOWN"
+        except Exception as exc:  # a TensorFlow error counts by its code, as TF Serving's
+            status = from_tf_error(exc).code.name if hasattr(exc, "error_code") else "UNKNOWN"
             raise
         finally:
             self.metrics.record_request(
@@ -62,13 +65,14 @@ class ServingApi:
 
     # ------------------------------------------------------------ prediction APIs
 
-    def predict(self, request, entrypoint="GRPC"):
-        with self._call(request.model_spec.name, "predict", entrypoint, request.model_spec) as h:
+    def predict(self, request, entrypoint="GRPC", deadline=None):
+        spec = request.model_spec
+        with self._call(spec.name, "predict", entrypoint, spec, deadline=deadline) as h:
             return inference.predict(h.servable, request, h.run)
 
-    def predict_json(self, name, version, label, doc, entrypoint="REST"):
+    def predict_json(self, name, version, label, doc, entrypoint="REST", deadline=None):
         """REST predict: JSON doc -> (outputs, row|columnar) using the signature's TensorInfos."""
-        with self._call(name, "predict", entrypoint, version=version, label=label) as h:
+        with self._call(name, "predict", entrypoint, None, version, label, deadline) as h:
             signature = json_request.signature_name(doc)
             key = signature or inference.DEFAULT_SIGNATURE
             if key not in h.servable.signatures:
@@ -78,19 +82,21 @@ class ServingApi:
             _, outputs = inference.predict_arrays(h.servable, signature, inputs, [], h.run)
             return outputs, form
 
-    def classify(self, request, entrypoint="GRPC"):
-        with self._call(request.model_spec.name, "classify", entrypoint, request.model_spec) as h:
+    def classify(self, request, entrypoint="GRPC", deadline=None):
+        spec = request.model_spec
+        with self._call(spec.name, "classify", entrypoint, spec, deadline=deadline) as h:
             return inference.classify(h.servable, request, h.run)
 
-    def regress(self, request, entrypoint="GRPC"):
-        with self._call(request.model_spec.name, "regress", entrypoint, request.model_spec) as h:
+    def regress(self, request, entrypoint="GRPC", deadline=None):
+        spec = request.model_spec
+        with self._call(spec.name, "regress", entrypoint, spec, deadline=deadline) as h:
             return inference.regress(h.servable, request, h.run)
 
-    def multi_inference(self, request, entrypoint="GRPC"):
+    def multi_inference(self, request, entrypoint="GRPC", deadline=None):
         if not request.tasks:
             raise invalid("Found no tasks in MultiInferenceRequest.")
         spec = request.tasks[0].model_spec
-        with self._call(spec.name, "multi_inference", entrypoint, spec) as h:
+        with self._call(spec.name, "multi_inference", entrypoint, spec, deadline=deadline) as h:
             return inference.multi_inference(h.servable, request, h.run)
 
     # ------------------------------------------------------------ metadata and status

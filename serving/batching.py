@@ -9,6 +9,12 @@ busy, the open batch keeps growing. At most `max_enqueued_batches` wait. A merge
 padded up to the next `allowed_batch_sizes` entry with copies of its last task's first row,
 run once, and split back. Each padded row costs a full row of model time: the padding
 fraction is exported as a metric (serving/metrics.py).
+
+Deadlines (serving/deadlines.py): a task whose deadline passed while it waited is taken out of
+its batch before the batch is merged and fails with batching_session.cc's RESOURCE_EXHAUSTED
+"Run() timeout exceeded while waiting in batching queue"; the rest run with the latest of their
+deadlines as the run's timeout (none if one of them has none). TF Serving fails such tasks only
+when every task of the batch has expired, else runs them with the batch.
 """
 
 from __future__ import annotations
@@ -23,17 +29,21 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from serving import deadlines
 from serving.config import BatchingOptions
 from serving.errors import ServingError, invalid, unavailable
 
 log = logging.getLogger(__name__)
 Key = tuple[tuple[str, ...], tuple[str, ...]]
+# the model call: (feeds, fetches, deadline) -> outputs
+Run = Callable[[dict[str, np.ndarray], list[str], float | None], list[np.ndarray]]
 
 
 @dataclass
 class _Task:
     feeds: dict[str, np.ndarray]
     size: int
+    deadline: float | None = None  # time.monotonic(); None: none
     done: bool = False
     result: list[np.ndarray] | None = None
     error: BaseException | None = None
@@ -91,7 +101,7 @@ class Batcher:
     def __init__(
         self,
         options: BatchingOptions,
-        run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]],
+        run: Run,
         on_batch: Callable[[int, int], None] | None = None,
     ):
         self.options = options
@@ -102,10 +112,12 @@ class Batcher:
         self._running = 0  # batches being run, at most num_batch_threads
         self._stopped = False
 
-    def run(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], fetches: list[str], deadline: float | None = None
+    ) -> list[np.ndarray]:
         sizes = {len(v) if np.ndim(v) else -1 for v in feeds.values()}
         if len(sizes) != 1 or -1 in sizes:
-            return self._run(feeds, fetches)  # not batchable (scalars / ragged): run alone
+            return self._run(feeds, fetches, deadline)  # not batchable (scalars / ragged): alone
         size = sizes.pop()
         if size > self.options.max_batch_size:
             raise invalid(
@@ -116,7 +128,9 @@ class Batcher:
         with self._cond:
             if self._stopped:
                 raise unavailable("Batch scheduler is stopped")
-            tasks = self._enqueue(self._queues.setdefault(key, deque()), key, feeds, size)
+            deadlines.check(deadline, time.monotonic())
+            queue = self._queues.setdefault(key, deque())
+            tasks = self._enqueue(queue, key, feeds, size, deadline)
             self._cond.notify_all()
             self._work_until(tasks)
         for task in tasks:
@@ -147,7 +161,7 @@ class Batcher:
                 self._running -= 1
                 self._cond.notify_all()
 
-    def _enqueue(self, queue: deque[_Batch], key: Key, feeds, size: int) -> list[_Task]:
+    def _enqueue(self, queue: deque[_Batch], key: Key, feeds, size: int, deadline) -> list[_Task]:
         """Add a request to the open batch (a new one when it does not fit), or, with
         enable_large_batch_splitting, as pieces: the open batch's room, then batches of
         max_execution_batch_size (shared_batch_scheduler.h's ScheduleWithoutOrEagerSplitImpl)."""
@@ -175,7 +189,7 @@ class Batcher:
                     tail.closed = True
                 tail = _Batch(key, time.monotonic())
                 queue.append(tail)
-            task = _Task({k: feeds[k][offset : offset + piece] for k in key[0]}, piece)
+            task = _Task({k: feeds[k][offset : offset + piece] for k in key[0]}, piece, deadline)
             tail.tasks.append(task)
             tail.size += piece
             if tail.size >= limit:
@@ -201,11 +215,22 @@ class Batcher:
         return best, wait
 
     def _process(self, batch: _Batch) -> None:
-        tasks = batch.tasks
-        target = padded_size(batch.size, self.options.allowed_batch_sizes)
+        now = time.monotonic()
+        tasks = []
+        for task in batch.tasks:
+            if deadlines.expired(task.deadline, now):
+                task.error, task.done = deadlines.queue_timeout(), True
+            else:
+                tasks.append(task)
+        if not tasks:
+            return
+        size = sum(t.size for t in tasks)
+        target = padded_size(size, self.options.allowed_batch_sizes)
+        times = [t.deadline for t in tasks]
+        deadline = None if None in times else max(times)
         try:
-            outputs = self._run(merge(tasks, target), list(batch.key[1]))
-            self._on_batch(target, target - batch.size)
+            outputs = self._run(merge(tasks, target), list(batch.key[1]), deadline)
+            self._on_batch(target, target - size)
             for task, result in zip(tasks, split(outputs, [t.size for t in tasks])):
                 task.result = result
         except BaseException as exc:  # noqa: BLE001 - delivered to the waiting requests
@@ -214,7 +239,7 @@ class Batcher:
                 # whole batch; we rerun each request alone so only the bad one gets the error).
                 for task in tasks:
                     try:
-                        task.result = self._run(task.feeds, list(batch.key[1]))
+                        task.result = self._run(task.feeds, list(batch.key[1]), task.deadline)
                         self._on_batch(task.size, 0)
                     except BaseException as single:  # noqa: BLE001
                         task.error = single
@@ -224,6 +249,11 @@ class Batcher:
         finally:
             for task in tasks:
                 task.done = True  # their threads see it when the runner notifies
+
+    def num_enqueued_tasks(self) -> int:
+        """Tasks waiting in batches that have not started (BatchScheduler::NumEnqueuedTasks)."""
+        with self._cond:
+            return sum(len(batch.tasks) for queue in self._queues.values() for batch in queue)
 
     def stop(self) -> None:
         """Refuse new requests; what is queued is run by the requests waiting for it, now."""

@@ -8,6 +8,7 @@ from concurrent import futures
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from serving import deadlines
 from serving.api import ServingApi
 from serving.config import model_configs_from_proto
 from serving.errors import ServingError, from_tf_error
@@ -35,25 +36,31 @@ def _guard(method):
     return wrapper
 
 
+def call_deadline(context) -> float | None:
+    """The call's deadline on time.monotonic()'s clock, None without one: TF Serving gives every
+    model run the time left (prediction_service_impl.cc, DeadlineToTimeoutMillis)."""
+    return deadlines.after(context.time_remaining())
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, api: ServingApi):
         self.api = api
 
     @_guard
     def Predict(self, request, context):  # noqa: N802 - gRPC method names
-        return self.api.predict(request)
+        return self.api.predict(request, deadline=call_deadline(context))
 
     @_guard
     def Classify(self, request, context):  # noqa: N802
-        return self.api.classify(request)
+        return self.api.classify(request, deadline=call_deadline(context))
 
     @_guard
     def Regress(self, request, context):  # noqa: N802
-        return self.api.regress(request)
+        return self.api.regress(request, deadline=call_deadline(context))
 
     @_guard
     def MultiInference(self, request, context):  # noqa: N802
-        return self.api.multi_inference(request)
+        return self.api.multi_inference(request, deadline=call_deadline(context))
 
     @_guard
     def GetModelMetadata(self, request, context):  # noqa: N802

@@ -14,14 +14,17 @@ import logging
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from serving import deadlines
+
 log = logging.getLogger(__name__)
 MAX_WARMUP_RECORDS = 1000  # saved_model_warmup_util.cc: kMaxNumRecords
-MAX_CALLABLES = 256  # session callables kept per version (one per feed and fetch list)
+MAX_ENDPOINTS = 256  # feed and fetch lists whose graph endpoints are kept per version
 # saved_model_warmup_util.cc: kSavedModelWarmupRequestsFileName, under assets.extra/. The exporter
 # writes the same name (export/contract.py WARMUP_FILE); tests/serving keeps the two equal.
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -39,32 +42,59 @@ class Servable:
     _inflight: int = 0
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
-    _callables: dict = field(default_factory=dict)  # (feeds, fetches) -> session callable
+    _endpoints: dict = field(default_factory=dict)  # (feeds, fetches) -> their TF_Outputs
 
-    def run(self, feeds: dict[str, np.ndarray], fetches: list[str]) -> list[np.ndarray]:
-        """Session::Run by tensor names (thread-safe; TF releases the GIL while it runs).
+    def run(
+        self, feeds: dict[str, np.ndarray], fetches: list[str], deadline: float | None = None
+    ) -> list[np.ndarray]:
+        """Session::Run by tensor names with the deadline's RunOptions.timeout_in_ms (thread-safe;
+        TF releases the GIL while it runs).
 
-        Through a session callable per feed and fetch list (TF_SessionRunCallable, what
-        `session.run` calls after its Python-side checks): the Python `session.run` would refuse
-        a feed whose shape differs from the tensor's static shape (half_plus_two's x is [-1,1],
-        its quickstart feeds [3]); TF Serving's C++ session leaves that to the graph, and so
-        does this."""
+        TensorFlow cancels a run that outlives its timeout: DEADLINE_EXCEEDED, "Timed out waiting
+        for notification", as TF Serving's session does; a deadline already passed raises
+        DEADLINE_EXCEEDED without running (serving/deadlines.py). Through the C API's
+        TF_SessionRun, as TF Serving calls Session::Run: the Python `session.run` would refuse a
+        feed whose shape differs from the tensor's static shape (half_plus_two's x is [-1,1], its
+        quickstart feeds [3]); TF Serving's C++ session leaves that to the graph, and so does
+        this. The graph endpoints of each feed and fetch list are looked up once."""
         from tensorflow.core.protobuf import config_pb2
+        from tensorflow.python.client import pywrap_tf_session as tf_session
 
+        now = time.monotonic()
+        deadlines.check(deadline, now)
         names = list(feeds)
         key = (tuple(names), tuple(fetches))
-        call = self._callables.get(key)
-        if call is None:
+        endpoints = self._endpoints.get(key)
+        if endpoints is None:
+            graph = self.session.graph
+            endpoints = tuple(
+                [graph.as_graph_element(n)._as_tf_output() for n in group]  # noqa: SLF001
+                for group in (names, fetches)
+            )
             with self._lock:
-                if len(self._callables) >= MAX_CALLABLES:
-                    self._callables.clear()
-                call = self._callables.get(key)
-                if call is None:
-                    call = self.session._make_callable_from_options(  # noqa: SLF001
-                        config_pb2.CallableOptions(feed=names, fetch=list(fetches))
-                    )
-                    self._callables[key] = call
-        return list(call(*(feeds[name] for name in names)))
+                if len(self._endpoints) >= MAX_ENDPOINTS:
+                    self._endpoints.clear()
+                self._endpoints[key] = endpoints
+        inputs, outputs = endpoints
+        timeout = deadlines.timeout_ms(deadline, now)
+        options = None
+        if timeout:
+            serialized = config_pb2.RunOptions(timeout_in_ms=timeout).SerializeToString()
+            options = tf_session.TF_NewBufferFromString(serialized)
+        try:
+            return list(
+                tf_session.TF_SessionRun_wrapper(
+                    self.session._session,  # noqa: SLF001
+                    options,
+                    dict(zip(inputs, (feeds[name] for name in names))),
+                    outputs,
+                    [],
+                    None,
+                )
+            )
+        finally:
+            if options is not None:
+                tf_session.TF_DeleteBuffer(options)
 
     def acquire(self) -> bool:
         with self._lock:

@@ -9,6 +9,7 @@ is reported (END with its error, as ServableStateMonitor) and retried when its d
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from serving import inference
+from serving import deadlines, inference
 from serving.batching import Batcher
 from serving.config import BatchingOptions, ModelConfig
 from serving.errors import (
@@ -97,8 +98,11 @@ class ModelManager:
     # ------------------------------------------------------------ requests
 
     @contextlib.contextmanager
-    def handle(self, name: str, version: int | None = None, label: str = "") -> Iterator[Handle]:
-        """The servable a ModelSpec resolves to, held so it is not unloaded mid-request."""
+    def handle(
+        self, name: str, version: int | None = None, label: str = "", deadline: float | None = None
+    ) -> Iterator[Handle]:
+        """The servable a ModelSpec resolves to, held so it is not unloaded mid-request; its
+        `run` carries the request's deadline (serving/deadlines.py) to every model run."""
         for _ in range(3):
             with self._lock:
                 loaded = self._resolve(name, version, label)
@@ -107,7 +111,7 @@ class ModelManager:
         else:  # raced with an unload three times in a row
             raise ServingError(grpc.StatusCode.UNAVAILABLE, f"Model {name} is being unloaded")
         try:
-            yield Handle(loaded.servable, loaded.run)
+            yield Handle(loaded.servable, functools.partial(loaded.run, deadline=deadline))
         finally:
             loaded.servable.release()
 
@@ -158,10 +162,11 @@ class ModelManager:
     def _runner(self, servable: Servable) -> tuple[Callable, Batcher | None]:
         name = servable.name
 
-        def direct(feeds, fetches):
+        def direct(feeds, fetches, deadline=None):
+            deadlines.check(deadline, time.monotonic())  # a refused run is no runtime sample
             start = time.perf_counter()
             try:
-                return servable.run(feeds, fetches)
+                return servable.run(feeds, fetches, deadline)
             finally:
                 self.metrics.runtime_latency.labels(name, "Predict", "TF1").observe(
                     (time.perf_counter() - start) * 1e6
@@ -170,10 +175,7 @@ class ModelManager:
         if self.batching is None:
             return direct, None
 
-        def on_batch(size: int, padding: int) -> None:
-            self.metrics.record_batch(name, size, padding)
-
-        batcher = Batcher(self.batching, direct, on_batch)
+        batcher = Batcher(self.batching, direct, functools.partial(self.metrics.record_batch, name))
         return batcher.run, batcher
 
     def _load(self, model: ModelState, version: int, path, fingerprint: tuple | None = None):
@@ -184,17 +186,8 @@ class ModelManager:
         model.attempts[version] = attempt
         self._set(model, version, "START")
         self._set(model, version, "LOADING")
-        if attempt == 1:
-            log.info("loading %s version %d from %s", name, version, path)
-        else:
-            log.info(
-                "loading %s version %d from %s (attempt %d: its directory changed since the last "
-                "failure)",
-                name,
-                version,
-                path,
-                attempt,
-            )
+        again = f" (attempt {attempt}: its directory changed since the last failure)"
+        log.info("loading %s version %d from %s%s", name, version, path, again * (attempt > 1))
         start = time.monotonic()
         servable = batcher = None
         try:

@@ -4,6 +4,8 @@ Routes (http_rest_api_util.cc, case-insensitive):
   POST /v1/models/<name>[/versions/<v>|/labels/<l>]:(predict|classify|regress)
   GET  /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]
 Errors are `{"error": "<message>"}` with ToHTTPStatusCode's mapping (errors.HTTP_STATUS).
+A POST's model runs must end within `timeout_in_ms` (--rest_api_timeout_in_ms, when > 0) of the
+request being read, as HttpRestApiHandler's run_options_ (serving/deadlines.py): else 504.
 The HTTP server that carries it, with its limits on what clients can hold, is
 serving/http_server.py (RestServer).
 """
@@ -16,7 +18,7 @@ import urllib.parse
 
 from google.protobuf import json_format
 
-from serving import json_request, json_response
+from serving import deadlines, json_request, json_response
 from serving.api import ServingApi
 from serving.errors import ServingError, from_tf_error, invalid
 from serving.metrics import CONTENT_TYPE
@@ -62,9 +64,10 @@ def metadata_json(response) -> str:
 class RestApi:
     """Dispatch (method, path, body) -> (HTTP status, content type, body); no sockets here."""
 
-    def __init__(self, api: ServingApi, metrics_path: str | None = None):
+    def __init__(self, api: ServingApi, metrics_path: str | None = None, timeout_in_ms: int = 0):
         self.api = api
         self.metrics_path = metrics_path
+        self.timeout_in_ms = timeout_in_ms  # 0 or less: none
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
         path = urllib.parse.urlsplit(path).path
@@ -98,6 +101,8 @@ class RestApi:
     def _dispatch(self, method: str, path: str, body: bytes) -> str:
         malformed = invalid(f"Malformed request: {method} {path}")
         if method == "POST":
+            timeout = self.timeout_in_ms / 1000 if self.timeout_in_ms > 0 else None
+            deadline = deadlines.after(timeout)
             match = PREDICTION_API.fullmatch(path)
             if not match:
                 raise malformed
@@ -106,9 +111,9 @@ class RestApi:
             doc = json_request.parse_json(body)
             verb = verb.lower()
             if verb == "predict":
-                outputs, form = self.api.predict_json(name, version, label, doc)
+                outputs, form = self.api.predict_json(name, version, label, doc, deadline=deadline)
                 return json_response.predict_response(outputs, form)
-            return self._classify_or_regress(verb, name, version, label, doc)
+            return self._classify_or_regress(verb, name, version, label, doc, deadline)
         if method == "GET":
             match = MODEL_STATUS_API.fullmatch(path)
             if not match:
@@ -132,7 +137,7 @@ class RestApi:
             return _json(self.api.status(request))
         raise malformed
 
-    def _classify_or_regress(self, verb, name, version, label, doc) -> str:
+    def _classify_or_regress(self, verb, name, version, label, doc, deadline) -> str:
         from tensorflow_serving.apis import classification_pb2, regression_pb2
 
         cls = (
@@ -145,8 +150,9 @@ class RestApi:
         request.model_spec.signature_name = json_request.signature_name(doc)
         request.input.CopyFrom(json_request.classify_input(doc, verb))
         if verb == "classify":
-            return json_response.classify_response(self.api.classify(request, "REST").result)
-        return json_response.regress_response(self.api.regress(request, "REST").result)
+            response = self.api.classify(request, "REST", deadline)
+            return json_response.classify_response(response.result)
+        return json_response.regress_response(self.api.regress(request, "REST", deadline).result)
 
 
 def _decode(name, version, label):

@@ -77,7 +77,11 @@ class ModelServer:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", flags.grpc_socket_path)
         if flags.rest_api_port:
             prom = self.config.monitoring
-            rest = RestApi(self.api, prom.prometheus_path if prom.prometheus_enable else None)
+            rest = RestApi(
+                self.api,
+                prom.prometheus_path if prom.prometheus_enable else None,
+                flags.rest_api_timeout_in_ms,
+            )
             self.rest_server = RestServer(
                 rest,
                 flags.host,

@@ -8,6 +8,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from servertools import wait_for
 
 from serving.batching import Batcher, merge, padded_size, split
 from serving.config import BatchingOptions
@@ -31,7 +32,7 @@ def test_padding_merge_and_split():
 def test_concurrent_requests_share_one_call_and_get_their_own_rows():
     calls = []
 
-    def model(feeds, fetches):
+    def model(feeds, fetches, deadline=None):
         calls.append(len(feeds["x"]))
         return [feeds["x"] * 2]
 
@@ -58,7 +59,7 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows():
 def test_oversized_task_and_full_queue():
     release = threading.Event()
 
-    def slow(feeds, fetches):
+    def slow(feeds, fetches, deadline=None):
         release.wait(10)
         return [feeds["x"]]
 
@@ -86,7 +87,7 @@ def test_oversized_task_and_full_queue():
 
 
 def doubling(calls: list[int]):
-    def model(feeds, fetches):
+    def model(feeds, fetches, deadline=None):
         calls.append(len(feeds["x"]))
         return [feeds["x"] * 2]
 
@@ -131,7 +132,7 @@ def test_a_split_request_first_fills_the_open_batch():
 def test_splitting_refuses_a_request_the_queue_has_no_room_for():
     release = threading.Event()
 
-    def slow(feeds, fetches):
+    def slow(feeds, fetches, deadline=None):
         release.wait(10)
         return [feeds["x"]]
 
@@ -145,4 +146,74 @@ def test_splitting_refuses_a_request_the_queue_has_no_room_for():
     assert "queue to which this task was submitted is full" in info.value.message
     release.set()
     assert batcher.run({"x": np.arange(4)}, ["y"])[0].tolist() == [0, 1, 2, 3]
+    batcher.stop()
+
+
+def test_tasks_whose_deadline_passed_in_the_queue_are_dropped_before_the_run():
+    """Deadlines certain by construction: one passed before the batch can run (the batch runs
+    when full, after the test saw the task queued and waited its deadline out), one far off."""
+    calls: list[tuple[list[int], float | None]] = []
+
+    def model(feeds, fetches, deadline=None):
+        calls.append((feeds["x"].tolist(), deadline))
+        return [feeds["x"] * 2]
+
+    options = BatchingOptions(
+        max_batch_size=4, batch_timeout_micros=600_000_000, num_batch_threads=1,
+        allowed_batch_sizes=(2, 4),
+    )  # fmt: skip
+    batcher = Batcher(options, model)
+    results: dict[str, object] = {}
+
+    def one(name, rows, deadline):
+        try:
+            results[name] = batcher.run({"x": np.array(rows)}, ["y"], deadline)[0].tolist()
+        except ServingError as exc:
+            results[name] = exc
+
+    soon = time.monotonic() + 1.0  # ample for a thread to queue its task
+    late = threading.Thread(target=one, args=("late", [1, 2], soon))
+    late.start()
+    wait_for(lambda: batcher.num_enqueued_tasks() == 1, what="the task queued")
+    time.sleep(max(soon - time.monotonic(), 0) + 0.01)
+    far = time.monotonic() + 600
+    one("filler", [3, 4], far)  # fills the batch: it runs now, without the late task
+    late.join()
+    batcher.stop()
+    assert results["filler"] == [6, 8]
+    error = results["late"]
+    assert isinstance(error, ServingError) and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.message == "Run() timeout exceeded while waiting in batching queue"
+    assert calls == [([3, 4], far)]  # only the live rows, padded to 2 not 4; its deadline
+
+
+def test_a_batch_runs_with_the_latest_deadline_or_none():
+    seen: list[float | None] = []
+
+    def model(feeds, fetches, deadline=None):
+        seen.append(deadline)
+        return [feeds["x"]]
+
+    options = BatchingOptions(max_batch_size=2, batch_timeout_micros=600_000_000)
+    batcher = Batcher(options, model)
+    now = time.monotonic()
+    for deadlines in ([now + 100, now + 200], [now + 100, None]):
+        threads = [
+            threading.Thread(target=batcher.run, args=({"x": np.array([i])}, ["y"], d))
+            for i, d in enumerate(deadlines)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    batcher.stop()
+    assert seen == [now + 200, None]
+
+
+def test_a_passed_deadline_is_refused_before_it_is_queued():
+    batcher = Batcher(BatchingOptions(max_batch_size=2), doubling([]))
+    with pytest.raises(ServingError) as info:
+        batcher.run({"x": np.arange(2)}, ["y"], time.monotonic())
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert batcher.num_enqueued_tasks() == 0
     batcher.stop()
