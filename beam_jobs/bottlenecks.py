@@ -44,7 +44,7 @@ from export.data.dataset import TRAIN, SplitConfig
 from export.features.bottleneck_schema import ERRORS_PREFIX, FEATURES_PREFIX, TFRECORD_SUFFIX
 from export.model.backbones import BackboneConfig
 from export.model.preprocessing import DEFAULT_MAX_PIXELS, Preprocessor
-from export.model.resize_mode import DEFAULT_CROP_PADDING, DEFAULT_INTERPOLATION
+from export.model.resize_mode import DEFAULT_CROP_PADDING, DEFAULT_INTERPOLATION, TRANSFER_DEFAULT
 from export.training.augment import AugmentConfig
 
 # This module is the job: its flags, the pipeline's wiring and running it. The parts it wires:
@@ -65,7 +65,7 @@ class BottleneckConfig:
     image_size: int | None = None
     feature_layer: str | None = None
     alpha: float = 1.0
-    resize: str | None = None  # None: the transfer-learning default (export/model/resize_mode.py)
+    resize: str = TRANSFER_DEFAULT  # squash or center_crop (export/model/resize_mode.py)
     crop_padding: int = DEFAULT_CROP_PADDING
     crop_interpolation: str = DEFAULT_INTERPOLATION
     num_shards: int = 0  # 0: let the runner decide
