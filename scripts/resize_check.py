@@ -18,7 +18,7 @@ subject is an ImageNet class, whole and cut to common aspect ratios around their
 the crop's padding 0 (the central square of the whole shorter side). And the pixel step's time in
 each mode on the photographs, as a ratio.
 
-One JSON object on stdout; progress on stderr. A few minutes on 2 cores.
+One JSON object on stdout; progress on stderr. About 8 minutes on 2 cores.
 """
 
 from __future__ import annotations
