@@ -43,7 +43,8 @@ from beam_jobs.tfrecord_sink import GzipTFRecordSink
 from export.data.dataset import TRAIN, SplitConfig
 from export.features.bottleneck_schema import ERRORS_PREFIX, FEATURES_PREFIX, TFRECORD_SUFFIX
 from export.model.backbones import BackboneConfig
-from export.model.preprocessing import DEFAULT_MAX_PIXELS, PREPROCESSING_VERSION, Preprocessor
+from export.model.preprocessing import DEFAULT_MAX_PIXELS, Preprocessor
+from export.model.resize_mode import DEFAULT_CROP_PADDING, DEFAULT_INTERPOLATION, TRANSFER_DEFAULT
 from export.training.augment import AugmentConfig
 
 # This module is the job: its flags, the pipeline's wiring and running it. The parts it wires:
@@ -64,6 +65,9 @@ class BottleneckConfig:
     image_size: int | None = None
     feature_layer: str | None = None
     alpha: float = 1.0
+    resize: str = TRANSFER_DEFAULT  # squash or center_crop (export/model/resize_mode.py)
+    crop_padding: int = DEFAULT_CROP_PADDING
+    crop_interpolation: str = DEFAULT_INTERPOLATION
     num_shards: int = 0  # 0: let the runner decide
     validation_percent: float = 10.0
     test_percent: float = 10.0
@@ -237,7 +241,7 @@ def job_info(config: BottleneckConfig, options: PipelineOptions) -> dict:
     return {
         "backbone": config.backbone_config().to_dict(),
         "preprocessing": Preprocessor(config.backbone_config(), config.max_pixels).describe(),
-        "preprocessing_version": PREPROCESSING_VERSION,
+        "preprocessing_version": config.backbone_config().resize.version,
         "split": dataclasses.asdict(config.split_config()),
         "augment": {
             "copies": config.augment_copies,

@@ -13,6 +13,7 @@ import tyro
 
 from client.config import ScoreConfig
 from export.cliargs import REQUIRED, flags_of, opt, parse
+from export.model.resize_mode import TRANSFER_DEFAULT
 from export.training.config import TrainConfig
 
 EXIT_CODES = {
@@ -48,6 +49,9 @@ BottleneckFlags = flags_of(
         "image_size",
         "feature_layer",
         "alpha",
+        "resize",
+        "crop_padding",
+        "crop_interpolation",
         "validation_percent",
         "test_percent",
         "max_pixels",
@@ -57,6 +61,15 @@ BottleneckFlags = flags_of(
         "augment_zoom",
         "augment_flip",
     ),
+    replace={
+        "resize": opt(
+            TRANSFER_DEFAULT,
+            "how an image becomes the input square: squash (the whole image, aspect ratio not "
+            "kept) or center_crop (aspect ratio kept, the central image_size/(image_size + "
+            "--crop_padding) of the shorter side); recorded in metadata.json, and xfer-train "
+            "takes it",
+        )
+    },
 )
 
 

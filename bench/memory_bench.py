@@ -4,6 +4,7 @@
                                   Preprocessor (what the exported graph's decode step runs), S=224
   preprocess_rss_raise_max_mb     the largest raise over every image below but the progressive
                                   4:4:4 JPEG (libjpeg holds its DCT coefficients: the exception)
+  preprocess_rss_raise_png36_center_crop_mb   the same PNG in the center_crop resize mode
   jpeg_scaling_max_score_diff     version 2's reduced-DCT JPEG decoding vs version 1's full decode:
                                   the largest ImageNet softmax difference (EfficientNet-Lite0) over
                                   real photos in each ratio's regime; also top-1 agreement
@@ -49,8 +50,12 @@ def status(key):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
 
-path, size = sys.argv[1], int(sys.argv[2])
-pre = Preprocessor(BackboneConfig("mobilenet_v2", weights="none", image_size=size))
+path, size, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+crop = {}
+if mode != "squash":
+    from export.model.resize_mode import ResizeMode
+    crop = {"resize": ResizeMode(mode)}
+pre = Preprocessor(BackboneConfig("mobilenet_v2", weights="none", image_size=size, **crop))
 fn = tf.function(pre.batch, input_signature=[tf.TensorSpec([None], tf.string)])
 fmt = {"jpg": "JPEG", "png": "PNG", "bmp": "BMP", "gif": "GIF"}[path.rsplit(".", 1)[1]]
 small = io.BytesIO()
@@ -186,16 +191,18 @@ CASES = [
     ("rgb_6000x6000.bmp", 224),
 ]
 EXCEPTION = "progressive444_7360x4912.jpg"
+# Also measured in the center_crop resize mode: a 36 MP PNG, a long one (bands), a large JPEG.
+CROP_CASES = ("flat_6000x6000.png", "wide_16000x2500.png", "baseline_7360x4912.jpg")
 
 
 def _limit_address_space():
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
 
 
-def measure(tree: Path, image: Path, size: int) -> dict:
+def measure(tree: Path, image: Path, size: int, mode: str = "squash") -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(image), str(size)],
+        [sys.executable, "-c", CHILD, str(image), str(size), mode],
         capture_output=True,
         text=True,
         env=env,
@@ -335,10 +342,21 @@ def main(argv=None) -> None:
             rows[key] = row
             before_mb = row.get("before", {}).get("raise_mb")
             print(f"  {key:36s} after {after['raise_mb']!s:>7} MB  before {before_mb!s:>7} MB")
+        # The center_crop resize mode resamples the same decoded image: the same memory.
+        for name in CROP_CASES:
+            rows[f"{name}@224 center_crop"] = {
+                "what": images[name][1],
+                "after": measure(ROOT, images[name][0], 224, "center_crop"),
+            }
+            print(f"  {name + '@224 center_crop':36s} after "
+                  f"{rows[f'{name}@224 center_crop']['after']['raise_mb']!s:>7} MB")  # fmt: skip
     counted = [r["after"]["raise_mb"] for k, r in rows.items() if not k.startswith(EXCEPTION)]
     figures = {
         "preprocess_rss_raise_png36_mb": rows["flat_6000x6000.png@224"]["after"]["raise_mb"],
         "preprocess_rss_raise_max_mb": max(x for x in counted if x is not None),
+        "preprocess_rss_raise_png36_center_crop_mb": rows["flat_6000x6000.png@224 center_crop"][
+            "after"
+        ]["raise_mb"],
     }
     details.update(
         {

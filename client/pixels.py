@@ -7,10 +7,10 @@ would drift from the model's graph). The import is lazy, so `--preprocess server
 still runs with the client alone.
 
 What the pixel step needs comes from the server, never from a flag: the input size S from the
-`serving_pixels` signature's input shape (GetModelMetadata), and the contract's version and
-pixel limit from that signature's `preprocessing` output, read by one probe request at start and
-checked again in every response (a version swapped in during the run with another contract stops
-the run rather than scoring wrong pixels).
+`serving_pixels` signature's input shape (GetModelMetadata), and the contract's version, resize
+mode (none named: squash) and pixel limit from that signature's `preprocessing` output, read by
+one probe request at start and checked again in every response (a version swapped in during the
+run with another contract stops the run rather than scoring wrong pixels).
 """
 
 from __future__ import annotations
@@ -65,13 +65,14 @@ class PixelContract:
     image_size: int
     max_pixels: int
     text: str  # as the model wrote it: every response must say the same
+    fields: dict  # all of it, the resize mode's fields included
 
     @classmethod
     def parse(cls, text: str) -> PixelContract:
         try:
             fields = json.loads(text)
             return cls(str(fields["version"]), int(fields["image_size"]),
-                       int(fields["max_pixels"]), text)  # fmt: skip
+                       int(fields["max_pixels"]), text, fields)  # fmt: skip
         except (ValueError, KeyError, TypeError):
             raise PixelsUnavailable(
                 f"{SERVING_PIXELS}'s {PREPROCESSING_OUTPUT} output is {text!r}, not the JSON of "
@@ -80,28 +81,30 @@ class PixelContract:
 
 
 def load_contract_step():
-    """(PREPROCESSING_VERSION, EagerPixels) of the installed contract, imported here only."""
+    """(EagerPixels, contract_resize) of the installed contract, imported here only."""
     try:
-        from export.model.pixels import PREPROCESSING_VERSION, EagerPixels
+        from export.model.pixels import EagerPixels, contract_resize
     except ImportError as exc:
         raise PixelsUnavailable(
             f"--preprocess client needs the model's preprocessing contract, the export package "
             f"of xfer ({exc}); install xfer whole, or use --preprocess server"
         ) from None
-    return PREPROCESSING_VERSION, EagerPixels
+    return EagerPixels, contract_resize
 
 
 class ClientPixels:
     """The contract's pixel step for one model: items' encoded bytes -> their uint8 pixels."""
 
     def __init__(self, contract: PixelContract, size: int):
-        version, eager_pixels = load_contract_step()
-        if contract.version != version:
+        eager_pixels, contract_resize = load_contract_step()
+        try:
+            resize = contract_resize(contract.fields)
+        except ValueError as exc:
             raise PixelsUnavailable(
                 f"the model's preprocessing is version {contract.version}, this client's "
-                f"contract is version {version}: install the xfer that exported the model, or use "
-                "--preprocess server"
-            )
+                f"contract cannot make its pixels ({exc}): install the xfer that exported the "
+                "model, or use --preprocess server"
+            ) from None
         if contract.image_size != size:
             raise PixelsUnavailable(
                 f"{SERVING_PIXELS} takes {size}x{size} pixels but its {PREPROCESSING_OUTPUT} "
@@ -109,8 +112,9 @@ class ClientPixels:
             )
         self.contract = contract
         self.size = size
+        self.resize = resize
         self.image_bytes = 3 * size * size
-        self._step = eager_pixels(size, contract.max_pixels)
+        self._step = eager_pixels(size, contract.max_pixels, resize)
 
     def prepare(self, items: list) -> tuple[list, list[tuple[object, str]]]:
         """(items whose data are now their pixels, in order; (item, reason) for each image the
@@ -135,7 +139,8 @@ class ClientPixels:
         c = self.contract
         return (
             f"client-side preprocessing: contract version {c.version}, {self.size}x{self.size} "
-            f"uint8 pixels ({self.image_bytes} bytes an image), max_pixels {c.max_pixels}"
+            f"uint8 pixels ({self.image_bytes} bytes an image), resize {self.resize}, "
+            f"max_pixels {c.max_pixels}"
         )
 
 

@@ -1,7 +1,8 @@
 """`xfer-classify`: the 1,000 ImageNet classes for images, with the pretrained EfficientNet-Lite0.
 
 No training and no published model needed: `export.model.imagenet_classifier` (the registry's
-`efficientnet_lite0` and its ImageNet classifier, through the shared preprocessing contract).
+`efficientnet_lite0` and its ImageNet classifier, through the shared preprocessing contract, by
+default with the center crop the model was evaluated with).
 Per image on stdout: its path and five `label score` lines, or with --json
 `{"uri", "top5": [[label, score], ...]}`; a failed image gets `IMAGE: error: REASON`
 (`{"uri", "error"}`) and the others are still classified.
@@ -19,6 +20,14 @@ from typing import Annotated
 import tyro
 
 from export.cliargs import opt, parse, setup_logging, usage_error
+from export.model.resize_mode import (
+    DEFAULT_CROP_PADDING,
+    DEFAULT_INTERPOLATION,
+    IMAGENET_DEFAULT,
+    Interpolation,
+    ResizeMode,
+    ResizeName,
+)
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
 EXIT_CODES = {
@@ -33,6 +42,18 @@ log = logging.getLogger("xfer-classify")
 class ClassifyArgs:
     json: bool = opt(False, "one JSON object per line")
     batch_size: int = opt(16, "images per model call")
+    resize: ResizeName = opt(
+        IMAGENET_DEFAULT,
+        "center_crop (the ImageNet evaluation crop the model was measured with: aspect ratio "
+        "kept, the central 224/256 of the shorter side) or squash (the whole image, aspect "
+        "ratio not kept)",
+    )
+    crop_padding: int = opt(
+        DEFAULT_CROP_PADDING, "center_crop: the shorter side is scaled to 224 + this"
+    )
+    crop_interpolation: Interpolation = opt(
+        DEFAULT_INTERPOLATION, "center_crop: bicubic or bilinear (both antialiased)"
+    )
     images: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGE")] = opt(
         (), "image files (at least one)"
     )
@@ -64,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from export.model.imagenet_classifier import ImageNetClassifier  # TensorFlow: after --help
 
     try:
-        classifier = ImageNetClassifier(batch_size=args.batch_size)
+        resize = ResizeMode(args.resize, args.crop_padding, args.crop_interpolation)
+        classifier = ImageNetClassifier(batch_size=args.batch_size, resize=resize)
     except ValueError as exc:  # includes WeightsUnavailableError: names the pip package
         log.error("%s", exc)
         return EXIT_USAGE

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import keras
 
+from export.model.resize_mode import TRANSFER_DEFAULT, ResizeMode
 from export.pretrained import efficientnet_lite
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class BackboneConfig:
     feature_layer: str | None = None  # None: the registry's default feature layer
     alpha: float = 1.0  # width multiplier, mobilenet_v2 only
     init_seed: int = 1234  # makes weights="none" identical in every process
+    # How an image becomes the input's square (export/model/resize_mode.py): part of the
+    # backbone's config so that every stage that rebuilds the network makes the same input.
+    resize: ResizeMode = ResizeMode()
 
     @property
     def spec(self) -> BackboneSpec:
@@ -61,24 +65,29 @@ class BackboneConfig:
         return self.image_size or self.spec.input_size
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "resize": self.resize.to_dict()}
 
     @classmethod
-    def of(cls, flags) -> BackboneConfig:
+    def of(cls, flags, default_resize: str | None = None) -> BackboneConfig:
         """From a stage's flat config (fields backbone, weights, image_size, feature_layer,
-        alpha): the trainer's and the Beam job's flags name a backbone the same way."""
+        alpha, resize, crop_padding, crop_interpolation): the trainer's and the Beam job's flags
+        name a backbone the same way. `resize` None is `default_resize` (else the
+        transfer-learning default); a config recorded before the field is squash."""
         return cls(
             name=flags.backbone,
             weights=flags.weights,
             image_size=flags.image_size,
             feature_layer=flags.feature_layer,
             alpha=flags.alpha,
+            resize=ResizeMode.of(flags, default_resize or TRANSFER_DEFAULT),
         )
 
     @classmethod
     def from_dict(cls, data: dict) -> BackboneConfig:
+        """From `to_dict`'s form; one written before `resize` existed is squash."""
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        fields = {k: v for k, v in data.items() if k in known}
+        return cls(**{**fields, "resize": ResizeMode.from_dict(data.get("resize"))})
 
 
 def _tiny_cnn(

@@ -11,6 +11,7 @@ import numpy as np
 
 from export.model.backbones import BackboneConfig
 from export.model.preprocessing import EagerPreprocessor, Preprocessor
+from export.model.resize_mode import IMAGENET_DEFAULT, ResizeMode
 from export.pretrained.efficientnet_lite import EfficientNetLite0
 from export.pretrained.imagenet import imagenet_labels
 
@@ -18,8 +19,11 @@ BACKBONE = "efficientnet_lite0"
 TOP_K = 5
 
 
-def backbone_config(weights: str = "imagenet") -> BackboneConfig:
-    return BackboneConfig(name=BACKBONE, weights=weights)
+def backbone_config(weights: str = "imagenet", resize: ResizeMode | None = None) -> BackboneConfig:
+    """The classifier's backbone; by default with the center crop it was evaluated with."""
+    return BackboneConfig(
+        name=BACKBONE, weights=weights, resize=resize or ResizeMode(IMAGENET_DEFAULT)
+    )
 
 
 def build_classifier(weights: str = "imagenet"):
@@ -36,10 +40,12 @@ def build_classifier(weights: str = "imagenet"):
 class ImageNetClassifier:
     """Encoded image bytes -> top-k (name, score), through the shared preprocessing contract."""
 
-    def __init__(self, weights: str = "imagenet", batch_size: int = 16):
+    def __init__(
+        self, weights: str = "imagenet", batch_size: int = 16, resize: ResizeMode | None = None
+    ):
         self.labels = imagenet_labels()
         self.model = build_classifier(weights)
-        self.preprocess = EagerPreprocessor(Preprocessor(backbone_config(weights)))
+        self.preprocess = EagerPreprocessor(Preprocessor(backbone_config(weights, resize)))
         self.batch_size = batch_size
 
     def scores(self, images):

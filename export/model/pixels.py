@@ -17,11 +17,13 @@ export/"), so that the pixels a client sends are the pixels the server would hav
    whose shorter side is at least JPEG_SCALE_MARGIN x 2 x the input size is decoded at 1/2, 1/4
    or 1/8 scale (libjpeg's reduced IDCT): the largest that keeps the shorter side at least
    JPEG_SCALE_MARGIN x the input size.
-4. Resize to the backbone's square input with bilinear interpolation and antialiasing
-   (`tf.image.resize(method="bilinear", antialias=True)`), ignoring the aspect ratio, on the
-   uint8 pixels: memory per image is bounded by the decoded image at one byte a sample, never a
-   float copy of it (an image whose width would make the kernel's float intermediate large is
-   resized in bands, columns first, equal up to float rounding; see export/model/resize.py).
+4. Resize to the backbone's square input in the contract's resize mode (export/model/
+   resize_mode.py): `squash`, bilinear with antialiasing (`tf.image.resize(method="bilinear",
+   antialias=True)`), ignoring the aspect ratio; or `center_crop` (version 4), the shorter side
+   scaled to S + padding and the central S x S kept, in one resampling. On the uint8 pixels:
+   memory per image is bounded by the decoded image at one byte a sample, never a float copy of
+   it (an image whose width would make the kernel's float intermediate large is resized in
+   bands, columns first, equal up to float rounding; see export/model/resize.py).
    Since version 3 the result is rounded half to even (`tf.round`) and clipped to uint8: the
    model's input is then a function of 3 x S x S bytes, which a client can send exactly.
 """
@@ -43,8 +45,12 @@ from export.model.image_headers import (
 )
 from export.model.names import DEFAULT_MAX_PIXELS
 from export.model.resize import resize_image
+from export.model.resize_mode import CROP_VERSION, SQUASH_VERSION, ResizeMode
 
-PREPROCESSING_VERSION = "3"
+# The newest contract version this code makes pixels for, and every one it can make: a squash
+# contract is version 3's, a center_crop one version 4's (export/model/resize_mode.py).
+PREPROCESSING_VERSION = CROP_VERSION
+PIXEL_VERSIONS = (SQUASH_VERSION, CROP_VERSION)
 # Version 2: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's reduced IDCT), the largest
 # that leaves its shorter side at least JPEG_SCALE_MARGIN times the input size.
 JPEG_RATIOS = (1, 2, 4, 8)
@@ -151,12 +157,31 @@ def decode_image(contents: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
     return image
 
 
-def image_pixels(contents: tf.Tensor, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+def image_pixels(
+    contents: tf.Tensor,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: ResizeMode | None = None,
+) -> tf.Tensor:
     """Scalar string -> uint8 [size, size, 3]: steps 1-4 of the contract (this module's
-    docstring). Every path that makes a model input calls this function, the client included."""
-    resized = resize_image(*_decode(contents, max_pixels, size), size)
+    docstring), in the `resize` mode (default squash). Every path that makes a model input calls
+    this function, the client included."""
+    resized = resize_image(*_decode(contents, max_pixels, size), size, resize)
     rounded = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
     return tf.ensure_shape(tf.cast(rounded, tf.uint8), [size, size, 3])
+
+
+def contract_resize(fields: dict) -> ResizeMode:
+    """The resize mode of a served contract (serving_pixels' `preprocessing` output, parsed);
+    ValueError saying why when this code cannot make its pixels: a version it does not know, or
+    a mode that version does not have."""
+    version = str(fields.get("version"))
+    if version not in PIXEL_VERSIONS:
+        raise ValueError(f"it makes versions {' and '.join(PIXEL_VERSIONS)}")
+    resize = ResizeMode.from_contract(fields)
+    if resize.version != version:
+        raise ValueError(f"resize {resize} is version {resize.version}")
+    return resize
 
 
 # tf.debugging.Assert words its message differently in graph and in eager mode.
@@ -188,11 +213,14 @@ class EagerPixels:
     """Per-file pixels for Python loops (the client, the Beam workers, the warmup file): a traced
     `image_pixels` plus readable errors."""
 
-    def __init__(self, size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, resize: ResizeMode | None = None
+    ):
         self.size = size
         self.max_pixels = max_pixels
+        self.resize = resize or ResizeMode()
         self._fn = tf.function(
-            lambda contents: image_pixels(contents, size, max_pixels),
+            lambda contents: image_pixels(contents, size, max_pixels, self.resize),
             input_signature=[tf.TensorSpec([], tf.string)],
         )
 

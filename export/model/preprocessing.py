@@ -3,12 +3,14 @@
 The trainer, the Beam job and the exported SavedModel all call `Preprocessor`, so what a model
 sees at serving time is, by construction, what it saw in training.
 
-Contract (version PREPROCESSING_VERSION), in two steps that can be called apart:
+Contract (version 3 for the squash resize, 4 for center_crop), in two steps that can be called
+apart:
 1-4. `image_pixels` (export/model/pixels.py): bytes -> uint8 [S, S, 3]: format sniffing, the
-   pixel limit before decoding, decoding to RGB (large JPEGs at a reduced DCT scale), the
-   antialiased bilinear resize, rounded to uint8 (since version 3). Pure TensorFlow, so that a
-   client can make the same pixels (`xfer-score --preprocess client`) and send them to the
-   exported model's `serving_pixels` signature.
+   pixel limit before decoding, decoding to RGB (large JPEGs at a reduced DCT scale), the resize
+   in the backbone config's mode (squash or center_crop, export/model/resize_mode.py), rounded to
+   uint8 (since version 3). Pure TensorFlow, so that a client can make the same pixels
+   (`xfer-score --preprocess client`) and send them to the exported model's `serving_pixels`
+   signature.
 5. `normalise`: uint8 -> float32, as the backbone's own `preprocess_input` does (the registry
    names the mode; a test checks each mode against Keras' function). The arithmetic is written
    as multiply-and-add on purpose: graph optimisers rewrite `x / c` as `x * (1 / c)`, which
@@ -18,7 +20,7 @@ Contract (version PREPROCESSING_VERSION), in two steps that can be called apart:
 Version 1 decoded every JPEG at full size and cast the full-size image to float32 before resizing
 (about 500 MB for a 36-megapixel PNG of a few kilobytes); version 2 fed the resize's fractional
 output to the network. Models exported with them keep them: the preprocessing is in their graph.
-Bottlenecks record the version, and training refuses ones made with another.
+Bottlenecks record the version and the resize mode, and training refuses ones made with another.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from export.model.pixels import (
     error_reason,
     image_pixels,
 )
-from export.model.resize import RESIZE_METHOD
+from export.model.resize_mode import ResizeMode
 
 # Names of the contract that callers import from here (the pixel step's live in pixels.py).
 __all__ = [
@@ -95,9 +97,13 @@ class Preprocessor:
     def output_spec(self) -> tf.TensorSpec:
         return tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32)
 
+    @property
+    def resize(self) -> ResizeMode:
+        return self.backbone.resize
+
     def pixels(self, contents: tf.Tensor) -> tf.Tensor:
         """Scalar string -> uint8 [S, S, 3]: the contract's steps 1-4 (export/model/pixels.py)."""
-        return image_pixels(contents, self.image_size, self.max_pixels)
+        return image_pixels(contents, self.image_size, self.max_pixels, self.resize)
 
     def normalise(self, pixels: tf.Tensor) -> tf.Tensor:
         """uint8 [..., S, S, 3] -> float32: step 5, element by element, so one image or a batch
@@ -127,9 +133,10 @@ class Preprocessor:
     def describe(self) -> dict:
         spec = self.backbone.spec
         return {
-            "version": PREPROCESSING_VERSION,
+            "version": self.resize.version,
             "image_size": self.image_size,
-            "resize": f"{RESIZE_METHOD}, antialias, aspect ratio not kept",
+            "resize": self.resize.describe(),
+            "resize_mode": self.resize.to_dict(),
             "jpeg_scaling": (
                 "JPEG decoded at 1/2, 1/4 or 1/8 scale, the largest that keeps its shorter side"
                 f" >= {JPEG_SCALE_MARGIN} x image_size"

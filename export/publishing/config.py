@@ -36,8 +36,9 @@ class ExportConfig(TrainConfig):
     )
     imagenet_head: bool = opt(
         False,
-        "publish the pretrained ImageNet classifier (efficientnet_lite0) untrained; "
-        "--data, if given, only supplies gate/warmup images",
+        "publish the pretrained ImageNet classifier (efficientnet_lite0) untrained, with the "
+        "center crop it was evaluated with unless --resize says otherwise; --data, if given, "
+        "only supplies gate/warmup images",
     )
 
     @property

@@ -49,7 +49,10 @@ from export.training.runs import library_versions
 from export.training.train import TrainResult
 
 log = logging.getLogger(__name__)
-MODEL_FIELDS = ("backbone", "weights", "image_size", "feature_layer", "alpha", "max_pixels")
+MODEL_FIELDS = (
+    *("backbone", "weights", "image_size", "feature_layer", "alpha"),
+    *("resize", "crop_padding", "crop_interpolation", "max_pixels"),
+)
 
 
 @dataclass
@@ -252,7 +255,7 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
     preprocessor = Preprocessor.of(config)
     preprocess = EagerPreprocessor(preprocessor)
     batch = np.stack([preprocess(i)[0] for i in images])
-    pixel_step = EagerPixels(preprocessor.image_size, preprocessor.max_pixels)
+    pixel_step = EagerPixels(preprocessor.image_size, preprocessor.max_pixels, preprocessor.resize)
     warmup = images[: config.warmup_images]
     warmup_pixels = np.stack([pixel_step(i)[0] for i in warmup])
     # The in-memory model run as a graph (tf.function): the same graph optimisations the
@@ -301,6 +304,7 @@ def export_model(config: ExportConfig, result: TrainResult | None = None) -> Exp
             expected_features,
             top_k=config.top_k,
             tolerance=config.parity_tolerance,
+            contract=savedmodel.pixels_contract(preprocessor),
             eval_images=compare_images,
             champion=champion.path if champion and compare_images else None,
             ood=detector,

@@ -40,13 +40,13 @@ from export.contract import (
     METHODS,
     OOD_OUTPUTS,
     OUTPUTS,
-    PIXELS_INPUT_KEY,
     PREPROCESSING_OUTPUT,
     SERVE_TAG,
     SERVING_DEFAULT,
     SERVING_PIXELS,
     WARMUP_FILE,
 )
+from export.publishing.gate_pixels import check_contract, client_pixels, served_contract
 
 TMP_PREFIX = "xfer-gate-"  # <tempdir>/xfer-gate-<exporter pid>-<random>/
 PARENT_PID_ENV = "XFER_GATE_PARENT_PID"  # set by run_gate: the child exits when this pid is gone
@@ -104,39 +104,6 @@ def _check_outputs(name: str, values: dict, n: int, expect: dict, problems: list
         shape = (n,) if width is None else (n, widths[width])
         if value.shape != shape:
             problems.append(f"{name}/{output}: shape {value.shape}, expected {shape}")
-
-
-def _pixels(signature, images: list[bytes]) -> np.ndarray:
-    """The images as a client sends them to serving_pixels: the contract's pixel step, at the
-    size the signature's input declares."""
-    import tensorflow as tf
-
-    from export.model.pixels import image_pixels
-
-    size = signature.inputs[PIXELS_INPUT_KEY].tensor_shape.dim[1].size
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
-        contents = tf.compat.v1.placeholder(tf.string, [])
-        pixels = image_pixels(contents, size)
-        return np.stack([sess.run(pixels, {contents: image}) for image in images])
-
-
-def _check_contract(signature, values: dict, problems: list[str]) -> None:
-    """serving_pixels' `preprocessing` output names this contract's version and the input size."""
-    from export.model.pixels import PREPROCESSING_VERSION
-
-    size = signature.inputs[PIXELS_INPUT_KEY].tensor_shape.dim[1].size
-    for text in {str(v, "utf-8") if isinstance(v, bytes) else str(v) for v in values}:
-        try:
-            contract = json.loads(text)
-            ok = contract["version"] == PREPROCESSING_VERSION and contract["image_size"] == size
-            ok = ok and isinstance(contract["max_pixels"], int)
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:
-            problems.append(
-                f"{SERVING_PIXELS}/{PREPROCESSING_OUTPUT}: {text!r}, expected version "
-                f"{PREPROCESSING_VERSION!r}, image_size {size} and max_pixels"
-            )
 
 
 def _replay(sess, signatures: dict, log) -> None:
@@ -205,13 +172,14 @@ def _child(saved_model: str, request: dict) -> tuple[dict, dict[str, np.ndarray]
             if name == CLASSIFICATION:
                 feed = [example_bytes(i) for i in images]
             elif name == SERVING_PIXELS:
-                feed = _pixels(sig, images)
+                contract = request.get("contract") or served_contract(sess, sig)
+                feed = client_pixels(sig, images, contract)
             fetches = {k: v.name for k, v in sig.outputs.items()}
             values = sess.run(fetches, {sig.inputs[input_key].name: feed})
             if name in OUTPUTS:
                 _check_outputs(name, values, n, request, problems)
             if name == SERVING_PIXELS and PREPROCESSING_OUTPUT in values:
-                _check_contract(sig, values[PREPROCESSING_OUTPUT], problems)
+                check_contract(sig, values[PREPROCESSING_OUTPUT], contract, problems)
             for key, value in values.items():
                 if value.dtype != object:
                     arrays[f"{name}/{key}"] = value
@@ -296,6 +264,7 @@ def run_gate(
     *,
     top_k: int,
     tolerance: float = 1e-5,
+    contract: str | None = None,
     timeout: float = 600,
     eval_images: list[bytes] = (),
     champion: str | Path | None = None,
@@ -305,7 +274,10 @@ def run_gate(
 
     With `eval_images`, the report also holds the candidate's serving_default scores on them,
     and with `champion` (a published version directory) the champion's, or why it failed.
-    With `ood` (export/publishing/ood.py's OodDetector), ood_score and is_ood must match it."""
+    With `ood` (export/publishing/ood.py's OodDetector), ood_score and is_ood must match it.
+    `contract`: serving_pixels' `preprocessing` output as the exporter wrote it (JSON): the
+    output must say it, and the images' pixels are made by it, as a client makes them; None
+    takes the candidate's own (a client's probe) and checks only that it is a valid one."""
     if not images:
         raise GateError("no images to check the model with")
     num_classes = int(expected_scores.shape[1])
@@ -317,6 +289,7 @@ def run_gate(
         "eval_images": [base64.b64encode(i).decode("ascii") for i in eval_images],
         "champion": str(champion) if champion is not None else None,
         "ood": ood is not None,
+        "contract": json.loads(contract) if contract else None,
     }
     # Scratch directories of exporters killed during their gate (kill -9 runs no clean-up).
     fsutil.remove_dead_temporaries(tempfile.gettempdir(), TMP_PREFIX, only_mine=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from export.contract import IMAGE_EXTENSIONS
 from export.data.dataset import SPLITS, TRAIN
 from export.model.backbones import BackboneConfig, build_feature_extractor
+from export.model.resize_mode import IMAGENET_DEFAULT
 from export.pretrained.efficientnet_lite import build_imagenet_head
 from export.pretrained.imagenet import imagenet_labels
 from export.training.config import TrainConfig
@@ -59,11 +60,13 @@ def _images_under(root: str | None) -> list[str]:
 
 def imagenet_result(config: TrainConfig) -> TrainResult:
     """A TrainResult whose head is the pretrained ImageNet classifier; `data`, if given, only
-    supplies images for the gate and the warmup file."""
-
+    supplies images for the gate and the warmup file. Without --resize, the center crop the
+    classifier was evaluated with."""
     config = dataclasses.replace(
         config, backbone=PRETRAINED_BACKBONE, feature_layer=None, image_size=None, alpha=1.0
     )
+    resize = BackboneConfig.of(config, default_resize=IMAGENET_DEFAULT).resize
+    config = dataclasses.replace(config, **resize.flags())
     if config.weights != "imagenet":
         raise ValueError("--imagenet-head needs --weights imagenet: it is the pretrained model")
     extractor = build_feature_extractor(BackboneConfig.of(config))

@@ -90,10 +90,15 @@ def _ood_outputs(detector: OodDetector):
 
 def pixels_contract(preprocessor: Preprocessor) -> str:
     """serving_pixels' `preprocessing` output: what a client's pixel step must be, as compact
-    JSON (the model card's `preprocessing` holds the same values and their descriptions)."""
+    JSON (the model card's `preprocessing` holds the same values and their descriptions). A
+    center_crop model adds `resize`, `crop_padding` and `interpolation`; a squash model's is
+    version 3's, to the byte."""
     described = preprocessor.describe()
     return json.dumps(
-        {key: described[key] for key in ("version", "image_size", "max_pixels")},
+        {
+            **{key: described[key] for key in ("version", "image_size", "max_pixels")},
+            **preprocessor.resize.contract_fields(),
+        },
         separators=(",", ":"),
     )
 

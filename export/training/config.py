@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from export.cliargs import opt
 from export.data.dataset import SplitConfig
 from export.model.names import DEFAULT_MAX_PIXELS, Head, Optimizer
+from export.model.resize_mode import (
+    DEFAULT_CROP_PADDING,
+    DEFAULT_INTERPOLATION,
+    TRANSFER_DEFAULT,
+    Interpolation,
+    ResizeName,
+)
 
 
 class QualityBarError(RuntimeError):
@@ -27,6 +34,20 @@ class TrainConfig:
     image_size: int | None = opt(None, "backbone input size; default: the registry's")
     feature_layer: str | None = opt(None, "cut the backbone at this layer (e.g. mixed7)")
     alpha: float = opt(1.0, "mobilenet_v2 width multiplier")
+    resize: ResizeName | None = opt(
+        None,
+        "how an image becomes the input square: squash (the whole image, aspect ratio not kept) "
+        "or center_crop (aspect ratio kept, the shorter side scaled to image_size + "
+        "--crop-padding, the central square kept); default: the bottlenecks' mode with "
+        f"--bottlenecks, else {TRANSFER_DEFAULT}",
+    )
+    crop_padding: int = opt(
+        DEFAULT_CROP_PADDING,
+        "center_crop: the crop is image_size/(image_size + this) of the shorter side",
+    )
+    crop_interpolation: Interpolation = opt(
+        DEFAULT_INTERPOLATION, "center_crop: bicubic or bilinear (both antialiased)"
+    )
     head: Head = opt("softmax", "softmax or mlp")
     hidden_units: int = opt(256, "units of the mlp head's hidden layer")
     dropout: float = opt(0.2, "dropout rate before the head's dense layers")

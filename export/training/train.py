@@ -17,7 +17,7 @@ from export.features.extraction import FeatureTable, compute_features
 from export.features.sources import InMemoryFeatures, TFRecordFeatures, content_hash
 from export.model.backbones import BackboneConfig, build_feature_extractor
 from export.model.heads import build_classifier, build_head, build_optimizer
-from export.model.preprocessing import PREPROCESSING_VERSION, Preprocessor
+from export.model.preprocessing import Preprocessor
 from export.plots import plot_curves
 from export.training.config import TrainConfig
 from export.training.evaluation import (
@@ -173,18 +173,28 @@ def _features_from_images(config: TrainConfig) -> tuple[InMemoryFeatures, keras.
 
 
 def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> TrainConfig:
-    """The bottlenecks' backbone is the one the exported model must contain."""
+    """The bottlenecks' backbone, resize mode included, is the one the exported model must
+    contain; a --resize that names another mode is refused."""
     meta = source.metadata
+    backbone = BackboneConfig.from_dict(meta["backbone"])  # no resize recorded: squash
+    theirs = backbone.resize
     made_with = str(meta.get("preprocessing_version") or meta["preprocessing"].get("version", "1"))
-    if made_with != PREPROCESSING_VERSION:
+    if made_with != theirs.version:
         # The exported model would decode images with this version's preprocessing: a head
         # trained on features of another would see different pixels at serving time.
         raise ValueError(
             f"{source.prefix}: bottlenecks made with preprocessing version {made_with}, but this"
-            f" xfer preprocesses with version {PREPROCESSING_VERSION} (docs/preprocessing.md);"
-            " compute them again with xfer-bottlenecks, or train from the images"
+            f" xfer preprocesses with version {theirs.version} (resize {theirs};"
+            " docs/preprocessing.md); compute them again with xfer-bottlenecks, or train from"
+            " the images"
         )
-    backbone = BackboneConfig.from_dict(source.metadata["backbone"])
+    if config.resize is not None and BackboneConfig.of(config).resize != theirs:
+        # The same reason: the model would resize images as the features were not.
+        raise ValueError(
+            f"{source.prefix}: bottlenecks computed with resize {theirs}, but this run asks for"
+            f" resize {BackboneConfig.of(config).resize}; compute them again with"
+            " xfer-bottlenecks --resize, or leave --resize out to take the bottlenecks' mode"
+        )
     split = source.metadata.get("split", {})
     return dataclasses.replace(
         config,
@@ -193,6 +203,7 @@ def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> T
         image_size=backbone.image_size,
         feature_layer=backbone.feature_layer,
         alpha=backbone.alpha,
+        **theirs.flags(),
         max_pixels=source.metadata["preprocessing"]["max_pixels"],
         validation_percent=split.get("validation_percent", config.validation_percent),
         test_percent=split.get("test_percent", config.test_percent),
@@ -211,6 +222,8 @@ def train(config: TrainConfig, check_quality: bool = True) -> TrainResult:
         config = _config_from_bottlenecks(config, source)
         where = source.metadata["job_options"]["xfer"]["input"]
     else:
+        # The mode recorded in config.json is the one used, never "the default".
+        config = dataclasses.replace(config, **BackboneConfig.of(config).resize.flags())
         source, extractor, where = _features_from_images(config)
     tuner = None
     if config.fine_tune_from:  # resolve the layer now, not after the head's epochs

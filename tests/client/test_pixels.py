@@ -166,10 +166,17 @@ def config() -> ScoreConfig:
     return ScoreConfig(inputs=["x"], target=["t"], model_name="m", preprocess="client")
 
 
-def test_a_model_of_another_contract_version_is_refused():
-    other = CONTRACT.replace('"3"', '"4"')
-    with pytest.raises(PixelsRefused, match="version 4, this client's contract is version 3"):
-        Scorer(config(), transport=FakeServer([other])).pixel_step()
+@pytest.mark.parametrize(
+    "contract, reason",
+    [
+        (CONTRACT.replace('"3"', '"5"'), r"version 5, .* \(it makes versions 3 and 4\)"),
+        # Version 4 names its resize mode; without one it would be version 3's squash.
+        (CONTRACT.replace('"3"', '"4"'), r"version 4, .* \(resize squash is version 3\)"),
+    ],
+)
+def test_a_model_of_another_contract_version_is_refused(contract, reason):
+    with pytest.raises(PixelsRefused, match=reason):
+        Scorer(config(), transport=FakeServer([contract])).pixel_step()
 
 
 def test_a_contract_changed_during_the_run_stops_it(good_images):

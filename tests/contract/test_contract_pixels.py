@@ -1,7 +1,7 @@
 """serving_pixels as `xfer-score --preprocess client` uses it, over gRPC and REST: the model's input
-size from GetModelMetadata, uint8 pixels made by the contract's own pixel step, and the same
-scores as serving_default on the bytes. Skips a model exported before preprocessing version 3
-(no serving_pixels) on an external server."""
+size from GetModelMetadata, uint8 pixels made by the contract's own pixel step in the resize mode
+the model's `preprocessing` output names, and the same scores as serving_default on the bytes.
+Skips a model exported before preprocessing version 3 (no serving_pixels) on an external server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from export.contract import (
     PREPROCESSING_OUTPUT,
     SERVING_PIXELS,
 )
-from export.model.pixels import PREPROCESSING_VERSION, EagerPixels
+from export.model.pixels import EagerPixels, contract_resize
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +37,30 @@ def pixel_size(target, stub) -> int:
     return dims[1]
 
 
-def test_pixels_over_grpc_score_as_the_bytes_do(target, stub, pixel_size):
-    images = [s.data for s in target.samples]
-    pixels = np.stack([EagerPixels(pixel_size)(i)[0] for i in images])
-    by_bytes = stub.Predict(predict_request(target, images), timeout=TIMEOUT)
+def pixels_request(target, pixels: np.ndarray) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = target.model
     request.model_spec.signature_name = SERVING_PIXELS
     request.inputs[PIXELS_INPUT_KEY].CopyFrom(tf.make_tensor_proto(pixels))
-    by_pixels = stub.Predict(request, timeout=TIMEOUT)
+    return request
+
+
+@pytest.fixture(scope="module")
+def pixel_step(target, stub, pixel_size) -> EagerPixels:
+    """The contract's pixel step in the model's resize mode, learnt from `preprocessing` as
+    `xfer-score --preprocess client` learns it: one probe of a black image."""
+    black = np.zeros((1, pixel_size, pixel_size, 3), np.uint8)
+    probe = stub.Predict(pixels_request(target, black), timeout=TIMEOUT)
+    [text] = tf.make_ndarray(probe.outputs[PREPROCESSING_OUTPUT])
+    contract = json.loads(text)
+    return EagerPixels(pixel_size, contract["max_pixels"], contract_resize(contract))
+
+
+def test_pixels_over_grpc_score_as_the_bytes_do(target, stub, pixel_size, pixel_step):
+    images = [s.data for s in target.samples]
+    pixels = np.stack([pixel_step(i)[0] for i in images])
+    by_bytes = stub.Predict(predict_request(target, images), timeout=TIMEOUT)
+    by_pixels = stub.Predict(pixels_request(target, pixels), timeout=TIMEOUT)
     assert by_pixels.model_spec.version.value == by_bytes.model_spec.version.value
     np.testing.assert_allclose(
         tf.make_ndarray(by_pixels.outputs["scores"]),
@@ -54,13 +69,13 @@ def test_pixels_over_grpc_score_as_the_bytes_do(target, stub, pixel_size):
     )
     for text in tf.make_ndarray(by_pixels.outputs[PREPROCESSING_OUTPUT]):
         contract = json.loads(text)
-        assert contract["version"] == PREPROCESSING_VERSION
+        assert contract_resize(contract).version == contract["version"]  # one we can make
         assert contract["image_size"] == pixel_size and contract["max_pixels"] > 0
 
 
-def test_pixels_over_rest_as_integers(target, rest, pixel_size):
+def test_pixels_over_rest_as_integers(target, rest, pixel_size, pixel_step):
     sample = target.samples[0]
-    pixels = EagerPixels(pixel_size)(sample.data)[0]
+    pixels = pixel_step(sample.data)[0]
     status, body = http("POST", f"{rest}:predict", {"instances": [{"b64": sample.b64}]})
     assert status == 200, body
     status, pixel_body = http(

@@ -305,9 +305,11 @@ def top5(classifier, path: Path) -> list[str]:
 
 def test_top5_grace_hopper_is_military_uniform(classifier):
     # matplotlib's sample photograph (the TensorFlow label_image example): Grace Hopper in
-    # US Navy uniform.
+    # US Navy uniform. The center crop (the default) keeps her face and collar, and the model
+    # puts academic gown and mortarboard first; squashed, as label_image did, it is top-1
+    # (test_classify_cli_text_output).
     assert GRACE_HOPPER is not None, "matplotlib ships mpl-data/sample_data/grace_hopper.jpg"
-    assert top5(classifier, GRACE_HOPPER)[0] == "military uniform"
+    assert "military uniform" in top5(classifier, GRACE_HOPPER)
 
 
 def test_top5_china_is_a_temple_building(classifier):
@@ -344,7 +346,7 @@ def test_classify_cli_json_bad_files_get_error_lines_others_classified(
     assert main(["--json", *uris]) == EXIT_SOME_FAILED
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [row["uri"] for row in rows] == uris
-    assert rows[0]["top5"][0][0] == "military uniform"
+    assert "military uniform" in rows[0]["labels"]
     assert len(rows[0]["top5"]) == 5 and len(rows[3]["top5"]) == 5
     assert rows[0]["labels"] == [name for name, _ in rows[0]["top5"]]  # xfer-score's names
     assert rows[0]["scores"] == [score for _, score in rows[0]["top5"]]
@@ -357,7 +359,7 @@ def test_classify_cli_json_bad_files_get_error_lines_others_classified(
 
 
 def test_classify_cli_text_output(classifier, capsys):
-    assert main([str(GRACE_HOPPER)]) == EXIT_OK
+    assert main(["--resize", "squash", str(GRACE_HOPPER)]) == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(GRACE_HOPPER)
     assert len(lines) == 6
@@ -375,13 +377,16 @@ def test_classify_cli_usage_error(capsys):
 
 
 def test_classify_uses_the_shared_preprocessing_contract(classifier):
-    # Same bytes through the contract by hand and through the classifier: same scores.
+    # Same bytes through the contract by hand and through the classifier: same scores. By
+    # default in the ImageNet evaluation crop: center_crop, padding 32, bicubic.
     import tensorflow as tf
 
     from export.model.preprocessing import Preprocessor
+    from export.model.resize_mode import ResizeMode
 
     data = GRACE_HOPPER.read_bytes()
-    image = Preprocessor(BackboneConfig("efficientnet_lite0"))(tf.constant(data)).numpy()
+    config = BackboneConfig("efficientnet_lite0", resize=ResizeMode("center_crop", 32, "bicubic"))
+    image = Preprocessor(config)(tf.constant(data)).numpy()
     by_hand = classifier.scores([image])[0]
     [(_, top, _)] = classifier.classify([("x", data, None)])
     assert top[0][1] == pytest.approx(float(by_hand.max()), abs=1e-6)

@@ -69,7 +69,7 @@ def test_the_pixel_step_imports_no_model_code():
         "import sys; from export.model.pixels import EagerPixels; "
         "print(sorted(m for m in sys.modules if m.startswith('export.') and m not in "
         "('export.contract', 'export.model', 'export.model.pixels', 'export.model.image_headers',"
-        " 'export.model.resize', 'export.model.names')))"
+        " 'export.model.resize', 'export.model.resize_mode', 'export.model.names')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

@@ -3,6 +3,7 @@
 Deterministic properties only: peak RSS figures come from bench/memory_bench.py, never a test.
 """
 
+import dataclasses
 import io
 
 import numpy as np
@@ -20,6 +21,7 @@ from export.model.preprocessing import (
     Preprocessor,
     decode_image,
 )
+from export.model.resize_mode import ResizeMode
 
 RNG = np.random.default_rng(14)
 TINY = BackboneConfig("tiny", weights="none")  # 32x32 input, "tf" normalisation
@@ -62,11 +64,14 @@ def _producer(by_name: dict, node):
     return by_name.get(node.input[0].split(":")[0].lstrip("^"))
 
 
-def test_no_float_copy_of_the_decoded_image_in_the_graph():
+@pytest.mark.parametrize("mode", ["squash", "center_crop"])
+def test_no_float_copy_of_the_decoded_image_in_the_graph(mode):
     # Version 1 cast the decoded uint8 image to float32 before resizing: ~500 MB for a 36 MP PNG
     # of a few kilobytes. The resize kernel takes the uint8 image itself; the one uint8 -> float
-    # cast is the normalisation's, of the [S, S, 3] pixels the resize was rounded to.
-    functions = graph_functions(Preprocessor(TINY).batch, [tf.TensorSpec([None], tf.string)])
+    # cast is the normalisation's, of the [S, S, 3] pixels the resize was rounded to. The crop
+    # is the same kernel's scale and translation: no cropped copy, no float one.
+    config = dataclasses.replace(TINY, resize=ResizeMode(mode))
+    functions = graph_functions(Preprocessor(config).batch, [tf.TensorSpec([None], tf.string)])
     casts = []
     for nodes in functions:
         by_name = {n.name: n for n in nodes}
@@ -228,8 +233,10 @@ def test_large_jpeg_is_decoded_at_a_reduced_dct_scale(width, height, ratio):
 
 
 def test_the_contract_records_its_version_and_jpeg_scaling():
+    # Squash is version 3's contract to the letter (export/model/resize_mode.py): it says "3".
     described = Preprocessor(TINY).describe()
-    assert described["version"] == PREPROCESSING_VERSION == "3"
+    assert described["version"] == "3" and PREPROCESSING_VERSION == "4"
+    assert described["resize_mode"] == {"mode": "squash"}
     assert described["rounding"] == "rounded half to even, clipped to uint8 [0, 255]"
     assert described["jpeg_scaling"] == (
         "JPEG decoded at 1/2, 1/4 or 1/8 scale, the largest that keeps its shorter side >= 4 x"
