@@ -12,8 +12,9 @@ for 640×480 photos-like JPEGs (the GPU figures' size), and the same four as det
 3000×2000 JPEGs. CPU seconds per image are marginal: each run scores N and then 3N images in fresh
 client processes, and the per-image figure is the difference ÷ 2N, so that a process's start-up
 (importing TensorFlow, tracing the pixel step) is not counted per image. Server CPU is read from
-/proc/<pid>/stat around each run. Client and server share this machine's cores, so the end-to-end
-ratio is a lower bound for a client tier of its own.
+/proc/<pid>/stat around each run. With two cores or more the server is pinned to the first and
+the clients to the others (`--no-pin` to share them), so that the end-to-end ratio is that of a
+client tier of its own rather than of two processes taking cores from each other.
 """
 
 from __future__ import annotations
@@ -69,7 +70,20 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def score(files: list[Path], port: int, out: Path, mode: str) -> dict:
+def cores(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server's cores, clients' cores): the first core and the rest, or None (unpinned)."""
+    available = sorted(os.sched_getaffinity(0))
+    if not pin or len(available) < 2:
+        return None, None
+    return {available[0]}, set(available[1:])
+
+
+def pinned(cpus: set[int] | None):
+    """A preexec_fn that confines the child to `cpus` (TensorFlow sizes its pools to them)."""
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
+def score(files: list[Path], port: int, out: Path, mode: str, cpus: set[int] | None = None) -> dict:
     """xfer-score over `files` in a fresh process: its wall time and CPU seconds."""
     folder = files[0].parent
     cmd = [
@@ -93,7 +107,9 @@ def score(files: list[Path], port: int, out: Path, mode: str) -> dict:
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    subprocess.run(
+        cmd, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), preexec_fn=pinned(cpus)
+    )
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -104,7 +120,9 @@ def score(files: list[Path], port: int, out: Path, mode: str) -> dict:
     return {"seconds": seconds, "client_cpu": cpu, "rows": len(rows)}
 
 
-def measure(server, port: int, files: list[Path], run_dir: Path, mode: str, n: int) -> dict:
+def measure(
+    server, port: int, files: list[Path], run_dir: Path, mode: str, n: int, cpus=None
+) -> dict:
     """Marginal per-image costs from runs over n and 3n images."""
     runs = {}
     for count in (n, 3 * n):
@@ -117,7 +135,7 @@ def measure(server, port: int, files: list[Path], run_dir: Path, mode: str, n: i
             os.link(path, link)
             links.append(link)
         cpu_before = server_cpu_seconds(server.pid)
-        run = score(links, port, run_dir / f"{mode}-{count}.jsonl", mode)
+        run = score(links, port, run_dir / f"{mode}-{count}.jsonl", mode, cpus)
         run["server_cpu"] = server_cpu_seconds(server.pid) - cpu_before
         runs[count] = run
     small, large = runs[n], runs[3 * n]
@@ -150,7 +168,11 @@ def publish(base: Path, images: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48, help="N: runs score N and 3N images")
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="server and clients share the cores"
+    )
     args = parser.parse_args()
+    server_cpus, client_cpus = cores(args.pin)
     import grpc
     from tensorflow_serving.apis import model_service_pb2_grpc
 
@@ -177,6 +199,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+            preexec_fn=pinned(server_cpus),
         )
         try:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -185,7 +208,7 @@ def main() -> None:
             for key, files in photos.items():
                 for mode in ("server", "client"):
                     results[key, mode] = measure(
-                        server, port, files, tmp / f"runs-{key}", mode, args.images
+                        server, port, files, tmp / f"runs-{key}", mode, args.images, client_cpus
                     )
                     print(key, mode, results[key, mode], flush=True)
                 results[key, "file_bytes"] = float(np.mean([p.stat().st_size for p in files]))
@@ -212,6 +235,8 @@ def main() -> None:
     for figure, value in ratios("3000x2000").items():
         details[f"3000x2000_{figure}"] = value
     details["pixel_bytes"] = pixel_bytes
+    details["server_cores"] = sorted(server_cpus) if server_cpus else "shared"
+    details["client_cores"] = sorted(client_cpus) if client_cpus else "shared"
     record("preprocess_split", ratios("640x480"), details)
 
 

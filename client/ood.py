@@ -18,7 +18,7 @@ import logging
 import threading
 
 from client.config import OOD_OUTPUTS
-from client.retry import RpcError
+from client.retry import RETRYABLE, RpcError
 
 log = logging.getLogger(__name__)
 SENDS = 3  # a request and two re-sends: a label moved twice while one batch was answered
@@ -35,40 +35,56 @@ def refused_outputs(exc: RpcError) -> bool:
 
 
 class OodOutputs:
-    """Whether each signature has the OOD outputs, and for which version the metadata said so."""
+    """Whether each signature has the OOD outputs, and for which version the metadata said so.
+
+    `metadata(target)` reads GetModelMetadata from `target`, the server the request goes to
+    (with several --target's, the version that answers is that server's)."""
 
     def __init__(self, metadata):
-        self._metadata = metadata  # (attempt) -> client.pixels.ModelMetadata
+        self._metadata = metadata  # (target) -> client.pixels.ModelMetadata
         self._known: dict[str, tuple[int | None, bool]] = {}  # signature -> (version, has them)
         self._lock = threading.Lock()
 
-    def _read(self, signature: str, attempt: int) -> tuple[int | None, bool]:
+    def _read(self, signature: str, target) -> tuple[int | None, bool] | None:
+        """(version, has them); None when the server could not answer now (not remembered:
+        the next request asks again)."""
         try:
-            metadata = self._metadata(attempt)
+            metadata = self._metadata(target)
         except RpcError as exc:
             log.debug("no model metadata (%s): rows without ood_score", exc)
-            return None, False
+            return None if exc.code in RETRYABLE else (None, False)
         outputs = (metadata.outputs or {}).get(signature, [])
         return metadata.version, all(o in outputs for o in OOD_OUTPUTS)
 
-    def wanted(self, signature: str, attempt: int, fresh: bool = False) -> tuple[str, ...]:
+    def wanted(self, signature: str, target, fresh: bool = False) -> tuple[str, ...]:
         """The output names to add to a request's filter: both, or none (also when the
-        metadata cannot be read: the rows then go without them). `fresh`: read it again."""
+        metadata cannot be read: the rows then go without them). `fresh`: read it again.
+        The read happens outside the lock: a slow server must not hold up every batch."""
         with self._lock:
-            if fresh or signature not in self._known:
-                self._known[signature] = self._read(signature, attempt)
-            return OOD_OUTPUTS if self._known[signature][1] else ()
+            known = None if fresh else self._known.get(signature)
+        if known is None:
+            known = self._read(signature, target)
+            if known is None:
+                return ()
+            with self._lock:
+                self._known[signature] = known
+        return OOD_OUTPUTS if known[1] else ()
 
     def moved(self, signature: str, version: int | None, asked: tuple[str, ...]) -> bool:
-        """An answer without the OOD outputs from another version than the metadata described:
-        that version may have them."""
-        known, _ = self._known.get(signature, (None, False))
-        return not asked and None not in (version, known) and version != known
+        """An answer without the OOD outputs from another version than the metadata described
+        (or than none, when the metadata could not be read): that version may have them."""
+        with self._lock:
+            known = self._known.get(signature)
+        if asked or version is None:
+            return False
+        if known is None:
+            return True  # the last read failed for now: ask again
+        return known[0] is not None and known[0] != version
 
-    def send(self, signature: str, attempt: int, request):
+    def send(self, signature: str, target, request):
         """`request(outputs)` -> (response, its model version), with the OOD outputs of the
         version that answers: sent again when that version turns out to have others."""
-        asked = self.wanted(signature, attempt)
+        asked = self.wanted(signature, target)
         sent = 0
         while True:
             sent += 1
@@ -78,11 +94,11 @@ class OodOutputs:
                 if sent == SENDS or not (asked and refused_outputs(exc)):
                     raise
                 log.info("%s: %s; reading the model's metadata again", signature, exc.message)
-                asked = self.wanted(signature, attempt, fresh=True)
+                asked = self.wanted(signature, target, fresh=True)
                 continue
             if sent == SENDS or not self.moved(signature, version, asked):
                 return response
-            asked = self.wanted(signature, attempt, fresh=True)
+            asked = self.wanted(signature, target, fresh=True)
             if not asked:
                 return response  # the version that answered has none either
 

@@ -70,7 +70,7 @@ class GrpcTransport:
         self.stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in self.channels]
         self._next = itertools.count()
         self._batch = threading.local()
-        self.ood = OodOutputs(self.metadata)
+        self.ood = OodOutputs(lambda stub: self.metadata(stub=stub))
 
     def channel_options(self) -> list[tuple[str, object]]:
         config = self.config
@@ -148,14 +148,16 @@ class GrpcTransport:
         request.output_filter.extend(ood)
         return request
 
-    def metadata(self, attempt: int = 0) -> ModelMetadata:
-        """GetModelMetadata's signature_def, for the model (and version or label) scored."""
+    def metadata(self, attempt: int = 0, stub=None) -> ModelMetadata:
+        """GetModelMetadata's signature_def, for the model (and version or label) scored: from
+        `stub` when given (the server a request goes to), else the target rotation's next."""
         from tensorflow.core.framework import types_pb2
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._model_spec(request.model_spec)
-        stub = pick_target(self.stubs, attempt, self._next, self._batch)
+        if stub is None:
+            stub = pick_target(self.stubs, attempt, self._next, self._batch)
         try:
             response = stub.GetModelMetadata(
                 request, timeout=self.config.timeout, metadata=self.metadata_headers
@@ -191,7 +193,7 @@ class GrpcTransport:
             return response, _version(response)
 
         signature = SERVING_PIXELS if size else self.config.signature
-        response = self.ood.send(signature, attempt, send)
+        response = self.ood.send(signature, stub, send)
         labels = _tensor_to_array(response.outputs["labels"])
         scores = _tensor_to_array(response.outputs["top_scores"])
         version = _version(response)

@@ -327,5 +327,9 @@ def resolve(flags: ServerFlags) -> ServingConfig:
     ]
     ssl = load_ssl_file(flags.ssl_config_file) if flags.ssl_config_file else None
     roots = reload_roots(flags.reload_config_base_path_roots)
+    if roots and not flags.allow_reload_config_requests:
+        raise ConfigError(
+            "--reload_config_base_path_roots has no effect without --allow_reload_config_requests"
+        )
     reload = ReloadPolicy.of(flags.allow_reload_config_requests, models, roots)
     return ServingConfig(flags, models, batching, monitoring, channel, ssl, reload)

@@ -76,6 +76,7 @@ FOLDERS_LONGEST_FIRST = (
 )  # fmt: skip
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into node-id suffixes
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs two workers), every test of one folder of tests/
     runs on the same worker, so the folder's session fixtures (servers, exports) are built

@@ -18,6 +18,7 @@ from export.features.sources import InMemoryFeatures, TFRecordFeatures, content_
 from export.model.backbones import BackboneConfig, build_feature_extractor
 from export.model.heads import build_classifier, build_head, build_optimizer
 from export.model.preprocessing import Preprocessor
+from export.model.resize_mode import DEFAULT_CROP_PADDING, DEFAULT_INTERPOLATION
 from export.plots import plot_curves
 from export.training.config import TrainConfig
 from export.training.evaluation import (
@@ -194,6 +195,15 @@ def _config_from_bottlenecks(config: TrainConfig, source: TFRecordFeatures) -> T
             f"{source.prefix}: bottlenecks computed with resize {theirs}, but this run asks for"
             f" resize {BackboneConfig.of(config).resize}; compute them again with"
             " xfer-bottlenecks --resize, or leave --resize out to take the bottlenecks' mode"
+        )
+    crop = (config.crop_padding, config.crop_interpolation)
+    given = config.resize is None and crop != (DEFAULT_CROP_PADDING, DEFAULT_INTERPOLATION)
+    if given and (not theirs.is_crop or crop != (theirs.crop_padding, theirs.interpolation)):
+        raise ValueError(
+            f"{source.prefix}: --crop-padding {crop[0]} / --crop-interpolation {crop[1]} "
+            f"given without --resize, and the bottlenecks were computed with resize "
+            f"{theirs}; give --resize center_crop to ask for that crop (the bottlenecks "
+            "must then be computed with it), or leave the crop flags out"
         )
     split = source.metadata.get("split", {})
     return dataclasses.replace(

@@ -169,3 +169,9 @@ def test_bottlenecks_written_before_the_mode_train_as_squash(bottlenecks_dir, tm
         _config_from_bottlenecks(
             TrainConfig(bottlenecks=str(old), resize="center_crop"), TFRecordFeatures(str(old))
         )
+    # Crop flags without --resize are not dropped in silence when the bottlenecks disagree.
+    for flags in ({"crop_padding": 0}, {"crop_interpolation": "bilinear"}):
+        with pytest.raises(ValueError, match="given without --resize, and the bottlenecks"):
+            _config_from_bottlenecks(
+                TrainConfig(bottlenecks=str(old), **flags), TFRecordFeatures(str(old))
+            )

@@ -485,8 +485,8 @@ def test_ood_outputs_asked_for_only_when_the_signature_has_them():
 
     calls = []
 
-    def metadata(attempt):
-        calls.append(attempt)
+    def metadata(target):
+        calls.append(target)
         return ModelMetadata(
             3,
             {"serving_default": {}, "serving_pixels": {}},
@@ -495,15 +495,30 @@ def test_ood_outputs_asked_for_only_when_the_signature_has_them():
         )  # fmt: skip
 
     ood = OodOutputs(metadata)
-    assert ood.wanted("serving_default", 0) == ("ood_score", "is_ood")
-    assert ood.wanted("serving_default", 1) == ("ood_score", "is_ood")
-    assert ood.wanted("serving_pixels", 0) == ()  # a model exported before the detector
-    assert calls == [0, 0]  # once per signature
+    assert ood.wanted("serving_default", "server A") == ("ood_score", "is_ood")
+    assert ood.wanted("serving_default", "server B") == ("ood_score", "is_ood")
+    assert ood.wanted("serving_pixels", "server B") == ()  # a model exported before the detector
+    assert calls == ["server A", "server B"]  # once per signature, from the request's server
 
-    def unavailable(attempt):
+    def unimplemented(target):
         raise RpcError("UNIMPLEMENTED", "no metadata here")
 
-    assert OodOutputs(unavailable).wanted("serving_default", 0) == ()
+    never = OodOutputs(unimplemented)
+    assert never.wanted("serving_default", "a") == ()
+    assert not never.moved("serving_default", 3, ())  # remembered: not asked on every batch
+
+    answers = [RpcError("UNAVAILABLE", "restarting"), metadata("a")]
+
+    def flaky(target):
+        answer = answers.pop(0)
+        if isinstance(answer, RpcError):
+            raise answer
+        return answer
+
+    later = OodOutputs(flaky)
+    assert later.wanted("serving_default", "a") == ()  # the server restarts: none this time
+    assert later.moved("serving_default", 3, ())  # not remembered: the next answer asks again
+    assert later.wanted("serving_default", "a", fresh=True) == ("ood_score", "is_ood")
     score, flag = from_columns({"ood_score": [1.5, 90.0], "is_ood": [False, True]})
     assert fields(score, flag, 1) == {"ood_score": 90.0, "is_ood": True}
     assert from_columns({"labels": [["a"]]}) == (None, None)

@@ -144,7 +144,8 @@ def test_reload_policy_confines_base_paths(tmp_path):
 
 
 def test_reload_roots_add_places_a_reload_may_use(tmp_path):
-    from serving.config import ConfigError, ReloadPolicy, reload_roots
+    from serving.config import ConfigError, ReloadPolicy, reload_roots, resolve
+    from serving.flags import parse_flags
 
     started, extra = tmp_path / "started", tmp_path / "shared-models"
     for path in (started, extra / "daisies"):
@@ -159,6 +160,10 @@ def test_reload_roots_add_places_a_reload_may_use(tmp_path):
             policy.check([_model("x", bad)])
     with pytest.raises(ConfigError, match="'models' is not an absolute path"):
         reload_roots("models")
+    roots_flag = f"--reload_config_base_path_roots={extra}"
+    flags = parse_flags([f"--model_base_path={started}", roots_flag])
+    with pytest.raises(ConfigError, match="has no effect without --allow_reload_config_requests"):
+        resolve(flags)
     empty = ReloadPolicy.of(True, [], ())  # started with no model: a reload may add none
     with pytest.raises(ServingError, match=r"started with \(none;"):
         empty.check([_model("a", str(started))])
