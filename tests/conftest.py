@@ -76,25 +76,38 @@ FOLDERS_LONGEST_FIRST = (
 )  # fmt: skip
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into node-id suffixes
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers), every test of one folder of tests/
-    runs on the same worker, so the folder's session fixtures (servers, exports) are built
-    once (the root's by each worker that needs them); the folders go out longest first."""
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
-        return
-    tests = Path(__file__).parent
+def folder_of(nodeid: str) -> str:
+    """tests/serving/test_api.py::t -> serving; tests/test_docs.py::t -> test_docs.py."""
+    return nodeid.split("::")[0].split("/")[1]
 
-    def folder(item) -> str:
-        return item.path.relative_to(tests).parts[0].removesuffix(".py")
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` (`-n 2 --dist loadgroup`): every test of one folder of tests/ runs on the same
+    worker, so the folder's session fixtures (servers, exports) are built once (the root's by
+    each worker that needs them). xdist's own loadgroup reads a node-id suffix that pytest 9.2
+    no longer keeps, so the grouping is this scheduler's: load by scope, the scope a folder."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return folder_of(nodeid)
+
+    return FolderScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """In xdist's workers, the folders longest first (each keeps its own order): the scheduler
+    hands them out in the order the workers collected them."""
+    if not hasattr(config, "workerinput"):
+        return
 
     def rank(item) -> int:
-        name = folder(item)
+        name = folder_of(item.nodeid)
         return FOLDERS_LONGEST_FIRST.index(name) if name in FOLDERS_LONGEST_FIRST else 99
 
-    items.sort(key=rank)  # stable: each folder keeps its order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(folder(item)))
+    items.sort(key=rank)
 
 
 def pytest_addoption(parser):
