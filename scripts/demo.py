@@ -6,6 +6,7 @@
   4. serve        the local TF-Serving-compatible server on free ports
   5. score        the test split over gRPC with the batch client; accuracy, confusion matrix
   6. hot swap     v2 is published while scoring continues: model_version changes, 0 failures
+  7. shadow       v1 (label stable) and v2 (label canary) answer the same images; what changed
 Everything lands in OUT, listed at the end.
 """
 
@@ -157,6 +158,35 @@ def swap_rounds(out: Path, port: int, stop: threading.Event, results: list) -> N
                 "exit": proc.returncode,
             }
         )
+
+
+def shadow_comparison(out: Path) -> dict:
+    """Both versions served (labels stable=1, canary=2, from xfer-serving-configs), the test
+    split and the photos scored on stable with canary as the shadow, xfer-compare-versions on
+    the rows: its JSON report."""
+    base = out / "models" / MODEL
+    run([BIN / "xfer-serving-configs", "--model-name", MODEL, "--published", base,
+         "--container-base-path", base, "--policy", "all", "--labels", "stable=1,canary=2",
+         "--out", out / "configs"], stdout=subprocess.DEVNULL)  # fmt: skip
+    port = free_port()
+    with open(out / "server-shadow.log", "w") as log:
+        server = subprocess.Popen(
+            [BIN / "xfer-serve", f"--port={port}", "--rest_api_port=0", "--host=127.0.0.1",
+             f"--model_config_file={out / 'configs' / 'models.config'}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            for version in (1, 2):
+                wait_for_version(port, version, server)
+            score(out, port, out / "scored-shadow.jsonl", "--version-label", "stable",
+                  "--shadow-version-label", "canary", listing=photo_list(out))  # fmt: skip
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+    report = out / "compare" / "compare-versions.json"
+    run([BIN / "xfer-compare-versions", out / "scored-shadow.jsonl", "--out", report],
+        stdout=subprocess.DEVNULL)  # fmt: skip
+    return json.loads(report.read_text())
 
 
 def accuracy(rows: list[dict]) -> float:
@@ -344,6 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(60)
         server_log.close()
 
+    say("7. versions 1 and 2 on the same images: shadow scoring, then xfer-compare-versions")
+    compared = shadow_comparison(out)
+    agreement = compared.get("agreement")
+    print(
+        f"{compared.get('compared')} images answered by both: top-1 agreement"
+        f" {'n/a' if agreement is None else f'{agreement:.4f}'}, {compared.get('flipped')}"
+        f" flipped (matrix and score shift: {out / 'compare' / 'compare-versions.png'})"
+    )
+
     (out / "demo-summary.json").write_text(
         json.dumps(
             {
@@ -353,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 "beam_seconds": beam_seconds,
                 "swap_rounds": rounds,
                 "swap_failed": failed,
+                "shadow": {k: compared.get(k) for k in ("compared", "agreement", "flipped")},
                 "wall_seconds": time.perf_counter() - started,
             },
             indent=2,
@@ -373,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         ("scored-with-photos.jsonl", "the test split and a few photos: ood_score, is_ood per row"),
         ("evaluation/", "metrics.json, report.txt, confusion_matrix.png, misclassified.png"),
         ("swap/round-*.jsonl", "scoring rounds during the v1 -> v2 hot swap"),
+        ("scored-shadow.jsonl", "v1 (stable) rows with v2 (canary) answers under `shadow`"),
+        ("compare/", "xfer-compare-versions: agreement, flips per class pair, score shift"),
         ("server.log, export.log, bottlenecks.log", "logs of each stage"),
         ("demo-summary.json", "accuracy, swap rounds, failures, wall time"),
     ]

@@ -51,6 +51,13 @@ def test_demo_script_end_to_end_with_hot_swap(shapes_root, tmp_path):
         json.loads(line) for line in (out / "scored-with-photos.jsonl").read_text().splitlines()
     ]
     assert all(isinstance(r["is_ood"], bool) for r in rows if not r.get("error")), rows[:2]
+    # Versions 1 and 2 answered the same images (stable and canary) and were compared.
+    shadow = [json.loads(line) for line in (out / "scored-shadow.jsonl").read_text().splitlines()]
+    answered = [r for r in shadow if not r.get("error")]
+    assert answered and all(r["model_version"] == 1 for r in answered), shadow[:2]
+    assert all(r["shadow"]["model_version"] == 2 for r in answered), shadow[:2]
+    assert summary["shadow"]["compared"] == len(answered)
+    assert 0 <= summary["shadow"]["agreement"] <= 1
     for name in [
         "bottlenecks/metadata.json",
         f"models/{shapes_root.name}/1/saved_model.pb",
@@ -59,6 +66,8 @@ def test_demo_script_end_to_end_with_hot_swap(shapes_root, tmp_path):
         "evaluation/confusion_matrix.png",
         "runs/v1/curves.png",
         "test.csv",
+        "compare/compare-versions.json",
+        "compare/compare-versions.png",
     ]:
         assert (out / name).exists(), name
     assert "outputs in" in proc.stdout and "hot swap" in proc.stdout
