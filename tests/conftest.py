@@ -78,7 +78,8 @@ FOLDERS_LONGEST_FIRST = (
 
 def folder_of(nodeid: str) -> str:
     """tests/serving/test_api.py::t -> serving; tests/test_docs.py::t -> test_docs.py."""
-    return nodeid.split("::")[0].split("/")[1]
+    parts = nodeid.split("::")[0].split("/")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def pytest_xdist_make_scheduler(config, log):
